@@ -1,0 +1,1 @@
+"""Dataset assembly for featlab (``featlab data build`` / ``featlab data synth``)."""

@@ -1,0 +1,3 @@
+from featlab.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""The ``featlab`` command line: a thin typer layer over the library API.
+
+Errors the user can fix print one line (``featlab: error: ...``) and exit 1; usage errors
+exit 2 (typer/click); tracebacks are only shown with ``--log-level debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from featlab import __version__
+from featlab.errors import FeatlabError
+from featlab.workspace import WORKDIR_ENV, Workspace
+
+log = logging.getLogger("featlab")
+
+app = typer.Typer(
+    name="featlab",
+    help="Tell real face photos from DeepFake / GAN-made / edited ones: frozen CNN features + SVM, "
+    "compared with fine-tuned CNN baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset tools: assemble, check and generate datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+WorkdirOption = typer.Option(
+    None,
+    "--workdir",
+    envvar=WORKDIR_ENV,
+    help="Work folder for features/, models/ and reports/ (default ./featlab-work or $FEATLAB_WORKDIR).",
+)
+
+
+def _friendly(command):
+    """Turn FeatlabError into one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FeatlabError as error:
+            if log.isEnabledFor(logging.DEBUG):
+                log.exception("failed")
+            typer.echo(f"featlab: error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"featlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("check")
+@_friendly
+def data_check(
+    root: Path = typer.Argument(..., help="Dataset root: {train,valid,test}/{real,fake}/ or {real,fake}/."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the manifest CSV here."),
+) -> None:
+    """Decode every image, print counts per split x class and list quarantined files."""
+    from featlab.data import scan_dataset, summarize
+
+    manifest = scan_dataset(root, check_images=True)
+    typer.echo(summarize(manifest).to_string())
+    for row in manifest[manifest.status != "ok"].itertuples():
+        typer.echo(f"quarantined: {row.path}: {row.reason}")
+    if out:
+        manifest.to_csv(out, index=False)
+        typer.echo(f"manifest: {out}")
+
+
+@data_app.command("build")
+@_friendly
+def data_build(
+    faces140k: Path = typer.Option(..., "--faces140k", help="'140K Real and Fake Faces' download folder."),
+    ciplab: Path = typer.Option(..., "--ciplab", help="'Real and Fake Face Detection' download folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (the write-up's combined-real-and-fake-faces)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for spreading the second dataset over the splits."),
+    ratios: str = typer.Option("0.7,0.15,0.15", "--ratios", help="train,valid,test fractions for that dataset."),
+    link: bool = typer.Option(False, "--link", help="Hard-link instead of copying (same filesystem)."),
+    force: bool = typer.Option(False, "--force", help="Replace a different existing build."),
+) -> None:
+    """Merge both Kaggle datasets into OUT/combined-real-vs-fake/{train,valid,test}/{real,fake}."""
+    from data_prep.build import build
+
+    try:
+        parsed = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {ratios!r}") from None
+    result = build(faces140k, ciplab, out, seed=seed, ratios=parsed, link=link, force=force)
+    summary = result.summary
+    state = "written" if result.written else "already up to date (nothing copied)"
+    typer.echo(f"{result.out}: {state}")
+    for split, counts in summary["counts"].items():
+        typer.echo(f"  {split:<6} real={counts['real']:<7} fake={counts['fake']}")
+    typer.echo(
+        f"  duplicates removed: {len(summary['duplicates_removed'])}, quarantined: {len(summary['quarantined'])}"
+    )
+
+
+@data_app.command("synth")
+@_friendly
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to create."),
+    train: int = typer.Option(40, help="Images per class in train."),
+    valid: int = typer.Option(12, help="Images per class in valid."),
+    test: int = typer.Option(12, help="Images per class in test."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Generator seed."),
+) -> None:
+    """Generate a SYNTHETIC (not real faces) dataset in the featlab layout, for first runs and tests."""
+    from data_prep.synth import SYNTHETIC_TAG, make_synthetic_dataset
+
+    make_synthetic_dataset(out, {"train": train, "valid": valid, "test": test}, size=size, seed=seed)
+    typer.echo(f"{out}: {SYNTHETIC_TAG}")
+
+
+# ----------------------------------------------------------------- planned stages
+
+
+def _not_built(name: str) -> None:
+    raise FeatlabError(f"'featlab {name}' is not built yet in featlab {__version__}")
+
+
+@app.command()
+@_friendly
+def extract(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Run a pretrained backbone over every image and cache the embeddings (not built yet)."""
+    _not_built("extract")
+
+
+@app.command("fit-svm")
+@_friendly
+def fit_svm(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Fit StandardScaler -> PCA -> SVM on cached train embeddings (not built yet)."""
+    _not_built("fit-svm")
+
+
+@app.command("train-cnn")
+@_friendly
+def train_cnn(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Fine-tune a CNN baseline on the same splits (not built yet)."""
+    _not_built("train-cnn")
+
+
+@app.command()
+@_friendly
+def evaluate(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Evaluate a saved model on a split and write the common JSON report (not built yet)."""
+    _not_built("evaluate")
+
+
+@app.command()
+@_friendly
+def predict(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Classify images or folders with a saved model (not built yet)."""
+    _not_built("predict")
+
+
+@app.command()
+@_friendly
+def compare(workdir: Optional[Path] = WorkdirOption) -> None:
+    """Put every model's report side by side (not built yet)."""
+    _not_built("compare")
+
+
+def main() -> None:
+    app()
+
+
+def _workspace(workdir: Optional[Path]) -> Workspace:
+    return Workspace.resolve(workdir)

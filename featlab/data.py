@@ -1,0 +1,233 @@
+"""Dataset discovery, the manifest, and robust image decoding.
+
+Layout (the "combined-real-vs-fake" layout of the original write-up)::
+
+    ROOT/{train,valid,test}/{real,fake}/*.jpg      split dataset
+    ROOT/{real,fake}/*.jpg                         a single, unsplit folder (split = "all")
+
+Every file found under a class folder appears in the manifest: decodable images
+with ``status == "ok"``, everything else with ``status == "quarantined"`` and a
+human-readable ``reason``. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from featlab import LABELS
+from featlab.errors import BadImageError, FeatlabError
+from featlab.fileio import sha256_file
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+UNSPLIT = "all"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+#: Images with more pixels than this are refused as possible decompression bombs
+#: (PIL's own default; a 4K photo has 8.3 M pixels).
+MAX_IMAGE_PIXELS = 89_478_485
+
+MANIFEST_COLUMNS = ["path", "split", "label", "label_name", "bytes", "sha256", "status", "reason"]
+
+# Pillow warns or raises on its own limit; featlab checks sizes itself with a clearer message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file into an 8-bit RGB PIL image, or raise :class:`BadImageError`.
+
+    Handles EXIF orientation, CMYK, alpha (composited on white), palette, 16-bit and
+    grayscale images. Empty, truncated, non-image and oversized files raise with a reason.
+
+    Parameters
+    ----------
+    path : path of the image file.
+    max_pixels : refuse images with more pixels than this (decompression-bomb guard).
+
+    Returns
+    -------
+    PIL.Image.Image in mode ``"RGB"``.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(path)
+            if image.width * image.height > max_pixels:
+                raise BadImageError(
+                    f"{image.width}x{image.height} pixels exceeds the {max_pixels:,}-pixel limit "
+                    "(possible decompression bomb)"
+                )
+            image.load()
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError("not an image format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(f"corrupt or truncated image: {error}") from None
+    except Image.DecompressionBombError as error:  # pragma: no cover - limit disabled above
+        raise BadImageError(f"possible decompression bomb: {error}") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the pixels
+        pass
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB with the right colour semantics."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Deep grayscale: rescale to 8 bits instead of clipping (Pillow's convert clips).
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
+        if mode == "F" and array.max() <= 1.0:
+            top = 1.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if p.is_file())
+
+
+def discover(root: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """List ``(file, split, class_name)`` for every file under ``root``'s class folders.
+
+    Raises :class:`FeatlabError` with one line naming the folder when the layout is wrong
+    or a class folder holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FeatlabError(f"dataset folder not found: {root}")
+    names = {p.name for p in root.iterdir() if p.is_dir()}
+    splits = [s for s in SPLITS if s in names]
+    if splits:
+        split_dirs = [(root / s, s) for s in splits]
+    elif set(LABELS) <= names:
+        split_dirs = [(root, UNSPLIT)]
+    else:
+        found = ", ".join(sorted(names)) or "nothing"
+        raise FeatlabError(
+            f"{root}: expected {{train,valid,test}}/{{real,fake}}/ or {{real,fake}}/ sub-folders, found {found}"
+        )
+    entries: list[tuple[Path, str, str]] = []
+    for split_dir, split in split_dirs:
+        present = {p.name for p in split_dir.iterdir() if p.is_dir()}
+        missing = [c for c in LABELS if c not in present]
+        if missing:
+            raise FeatlabError(f"{split_dir}: missing class folder(s) {', '.join(missing)} (need real/ and fake/)")
+        for class_name in LABELS:
+            files = _class_files(split_dir / class_name)
+            if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files):
+                raise FeatlabError(f"{split_dir / class_name}: class folder holds no images")
+            entries.extend((f, split, class_name) for f in files)
+    return entries
+
+
+def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int) -> dict:
+    path, split, class_name = entry
+    row = {
+        "path": str(path.resolve()),
+        "split": split,
+        "label": LABELS[class_name],
+        "label_name": class_name,
+        "bytes": path.stat().st_size,
+        "sha256": "",
+        "status": "ok",
+        "reason": "",
+    }
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        row.update(status="quarantined", reason=f"not an image file extension ({path.suffix or 'none'})")
+        return row
+    row["sha256"] = sha256_file(path)
+    if check_images:
+        try:
+            load_rgb(path, max_pixels=max_pixels)
+        except BadImageError as error:
+            row.update(status="quarantined", reason=str(error))
+    return row
+
+
+def scan_dataset(
+    root: str | os.PathLike,
+    check_images: bool = True,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    workers: int = 4,
+) -> pd.DataFrame:
+    """Build the manifest of a dataset folder.
+
+    Parameters
+    ----------
+    root : dataset root in the ``{train,valid,test}/{real,fake}`` (or ``{real,fake}``) layout.
+    check_images : decode every image to quarantine broken ones now (slower, thorough).
+        Without it, only the file extension is checked here; decoding problems are then
+        caught and reported by the stage that reads the pixels.
+    max_pixels : decompression-bomb limit passed to :func:`load_rgb`.
+    workers : threads used for hashing/decoding (both release the GIL).
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``MANIFEST_COLUMNS``; ``label`` is 0 for real, 1 for fake.
+    """
+    entries = discover(root)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        rows = list(pool.map(lambda e: _describe(e, check_images, max_pixels), entries))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def scan_images(target: str | os.PathLike) -> pd.DataFrame:
+    """Manifest of an unlabelled image file or folder (any layout), for prediction.
+
+    Labels are ``-1`` (unknown); files with non-image extensions are left out of a folder
+    scan, and an explicit single file is always included (and quarantined if unreadable later).
+    """
+    target = Path(target)
+    if target.is_file():
+        files = [target]
+    elif target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FeatlabError(f"{target}: no image files found")
+    else:
+        raise FeatlabError(f"not found: {target}")
+    rows = [
+        {
+            "path": str(p.resolve()),
+            "split": "predict",
+            "label": -1,
+            "label_name": "",
+            "bytes": p.stat().st_size,
+            "sha256": sha256_file(p),
+            "status": "ok",
+            "reason": "",
+        }
+        for p in files
+    ]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Counts per split x class (usable images) plus a quarantined column."""
+    ok = manifest[manifest.status == "ok"]
+    table = pd.crosstab(ok.split, ok.label_name).reindex(columns=list(LABELS), fill_value=0)
+    bad = manifest[manifest.status != "ok"].groupby("split").size()
+    table["quarantined"] = bad.reindex(table.index, fill_value=0)
+    return table

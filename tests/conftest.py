@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_prep.synth import make_synthetic_dataset
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small SYNTHETIC dataset (64 px), shared read-only by the tests of a session."""
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("synth") / "data", {"train": 16, "valid": 6, "test": 6}, size=64, seed=0
+    )
+
+
+@pytest.fixture()
+def workdir(tmp_path) -> Path:
+    return tmp_path / "work"
