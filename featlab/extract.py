@@ -1,0 +1,323 @@
+"""Batched embedding extraction into the on-disk cache.
+
+Decoding and resizing run in DataLoader workers and yield uint8 tensors; normalisation,
+dtype conversion and the forward pass run on the device in batches under
+``torch.inference_mode`` with channels_last memory format. Only images whose content hash
+is not yet cached are computed, and results are committed in shards as they come, so a
+killed run loses at most one shard of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featlab import __version__
+from featlab.backbones import Backbone, Preprocessing, load_backbone, resolve_auto
+from featlab.cache import EmbeddingCache
+from featlab.data import load_rgb, scan_dataset
+from featlab.errors import BadImageError, FeatlabError
+from featlab.versions import library_versions, utc_now
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+# ------------------------------------------------------------------ device and dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatlabError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels (AVX-512 BF16 / AMX), where bf16 is fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise FeatlabError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise FeatlabError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+    return precision
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------ dataset
+
+
+class ImageTensors(Dataset):
+    """Decode + resize/crop to uint8 in the workers; bad files yield a reason, not an error."""
+
+    def __init__(self, paths: list[str], preprocessing: Preprocessing) -> None:
+        self.paths = paths
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_rgb(self.paths[i])
+            return i, self.preprocessing.to_uint8(image), ""
+        except BadImageError as error:
+            crop = self.preprocessing.crop
+            return i, torch.zeros((3, crop, crop), dtype=torch.uint8), str(error)
+
+
+def _collate(items):
+    indices = torch.tensor([i for i, _, _ in items])
+    return indices, torch.stack([t for _, t, _ in items]), [r for _, _, r in items]
+
+
+def default_workers() -> int:
+    # Leave the cores to the forward pass: one decoding worker keeps up with a CPU model.
+    return 1 if not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
+
+
+# -------------------------------------------------------------------------- model
+
+
+@dataclass
+class Extractor:
+    """A backbone ready to run: device, precision and engine resolved.
+
+    Parameters
+    ----------
+    backbone : the loaded backbone.
+    device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
+    engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks torch.
+    """
+
+    backbone: Backbone
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "auto"
+    run: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.torch_device = resolve_device(self.device)
+        if self.engine not in ENGINES:
+            raise FeatlabError(f"--engine must be one of {', '.join(ENGINES)}")
+        if self.engine == "auto":
+            self.engine = "torch"
+        if self.engine == "onnxruntime":
+            if self.backbone.name != "resnet50-opennsfw" or not self.backbone.weights["pretrained"]:
+                raise FeatlabError("--engine onnxruntime exists for --backbone resnet50-opennsfw with its shipped weights")
+            if self.torch_device.type != "cpu":
+                raise FeatlabError("--engine onnxruntime runs on the CPU only")
+            from featlab.opennsfw import OnnxRuntimeEmbedding
+
+            self.precision = "fp32"
+            self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads())
+        else:
+            self.precision = resolve_precision(self.precision, self.torch_device)
+            self.model = self.backbone.model.to(self.torch_device, memory_format=torch.channels_last).eval()
+
+    @property
+    def config(self) -> dict:
+        """What determines the numbers: the cache key's content."""
+        return {
+            "backbone": self.backbone.name,
+            "weights": self.backbone.weights["fingerprint"],
+            "preprocessing": self.backbone.preprocessing.as_dict(),
+            "layer": "global-avg-pool (penultimate)",
+            "precision": self.precision,
+            "engine": self.engine,
+        }
+
+    def __call__(self, batch_uint8: torch.Tensor) -> np.ndarray:
+        """uint8 (N, 3, H, W) -> float32 embeddings (N, dim)."""
+        batch = batch_uint8.to(self.torch_device, non_blocking=True)
+        batch = self.backbone.preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_context(self.precision, self.torch_device):
+            out = self.model(batch)
+        return out.float().cpu().numpy()
+
+
+# ---------------------------------------------------------------------- extraction
+
+
+@dataclass
+class ExtractionResult:
+    cache: EmbeddingCache
+    manifest: pd.DataFrame  # with status/reason updated by decoding
+    computed: int
+    seconds: float
+    device: str
+    precision: str
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def quarantined(self) -> pd.DataFrame:
+        return self.manifest[self.manifest.status != "ok"]
+
+
+def extract_manifest(
+    manifest: pd.DataFrame,
+    extractor: Extractor,
+    features_dir: str | os.PathLike,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    shard_size: int = 512,
+    progress: bool = True,
+    data_root: str = "",
+    write_index: bool = True,
+) -> ExtractionResult:
+    """Embed every usable image of ``manifest`` that the cache does not hold yet.
+
+    Parameters
+    ----------
+    manifest : from :func:`featlab.data.scan_dataset` or :func:`featlab.data.scan_images`.
+    extractor : the prepared model.
+    features_dir : the workspace's ``features/`` folder.
+    batch_size : images per forward pass.
+    num_workers : DataLoader decoding processes (default: 1 on CPU, up to 8 with CUDA).
+    shard_size : images per committed shard (what a killed run can lose at most).
+    progress : show a tqdm bar with images/s.
+    data_root : recorded in the cache's meta.json.
+    write_index : make this manifest the cache's dataset (``index.csv``); off for prediction.
+
+    Returns
+    -------
+    ExtractionResult; the cache's ``index.csv`` is rewritten for this manifest.
+    """
+    if batch_size < 1:
+        raise FeatlabError("--batch-size must be at least 1")
+    cache = EmbeddingCache.create(
+        features_dir,
+        extractor.backbone.name,
+        extractor.config,
+        extra_meta={
+            "embed_dim": extractor.backbone.spec.embed_dim,
+            "weights_info": extractor.backbone.weights,
+            "versions": library_versions(),
+            "created": utc_now(),
+            "featlab": __version__,
+        },
+    )
+    manifest = manifest.copy()
+    known_bad = cache.failures()
+    todo = manifest[(manifest.status == "ok") & ~manifest.sha256.isin(known_bad)]
+    todo = todo[[h not in cache for h in todo.sha256]].drop_duplicates("sha256")
+    paths, hashes = list(todo.path), list(todo.sha256)
+
+    started = time.perf_counter()
+    if paths:
+        workers = default_workers() if num_workers is None else num_workers
+        loader = DataLoader(
+            ImageTensors(paths, extractor.backbone.preprocessing),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=extractor.torch_device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+        bar = _progress(len(paths), extractor.backbone.name, progress)
+        pending_hashes: list[str] = []
+        pending: list[np.ndarray] = []
+        failures: list[dict] = []
+        for indices, batch, reasons in loader:
+            good = [k for k, r in enumerate(reasons) if not r]
+            for k, reason in enumerate(reasons):
+                if reason:
+                    i = int(indices[k])
+                    failures.append({"sha256": hashes[i], "path": paths[i], "reason": reason})
+            if good:
+                pending.append(extractor(batch[good]))
+                pending_hashes.extend(hashes[int(indices[k])] for k in good)
+            if len(pending_hashes) >= shard_size:
+                cache.add(pending_hashes, np.concatenate(pending))
+                cache.record_failures(failures)
+                pending_hashes, pending, failures = [], [], []
+            bar.update(len(reasons))
+        if pending_hashes:
+            cache.add(pending_hashes, np.concatenate(pending))
+        cache.record_failures(failures)
+        bar.close()
+    seconds = time.perf_counter() - started
+
+    bad = cache.failures()
+    failed = manifest.sha256.isin(bad) & (manifest.status == "ok")
+    manifest.loc[failed, "status"] = "quarantined"
+    manifest.loc[failed, "reason"] = manifest.loc[failed, "sha256"].map(bad)
+    if write_index:
+        cache.write_index(manifest)
+        cache.update_meta(data_root=data_root, last_run=utc_now())
+    return ExtractionResult(
+        cache=cache,
+        manifest=manifest,
+        computed=len(paths),
+        seconds=seconds,
+        device=str(extractor.torch_device),
+        precision=extractor.precision,
+    )
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"extract {name}", unit="img", disable=not enabled, leave=False, smoothing=0.1)
+
+
+def extract_dataset(
+    root: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    backbone: str = "auto",
+    weights: str = "default",
+    device: str = "auto",
+    precision: str = "auto",
+    engine: str = "auto",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Scan ``root`` (see :mod:`featlab.data`) and extract every split into the cache."""
+    name, reason = resolve_auto(backbone)
+    if reason:
+        log.warning("backbone auto: %s", reason)
+    manifest = scan_dataset(root, check_images=False)
+    extractor = Extractor(load_backbone(name, weights), device=device, precision=precision, engine=engine)
+    return extract_manifest(
+        manifest,
+        extractor,
+        features_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        data_root=str(os.path.abspath(root)),
+    )
