@@ -158,7 +158,7 @@ def extract(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
     engine: str = typer.Option("auto", "--engine", help="torch or onnxruntime (resnet50-opennsfw on CPU)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default 1 on CPU)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on CPUs with <= 4 cores, up to 8 with CUDA)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     workdir: Path | None = WorkdirOption,
 ) -> None:
@@ -208,9 +208,53 @@ def list_backbones() -> None:
 
 @app.command("fit-svm")
 @_friendly
-def fit_svm(workdir: Path | None = WorkdirOption) -> None:
-    """Fit StandardScaler -> PCA -> SVM on cached train embeddings (not built yet)."""
-    _not_built("fit-svm")
+def fit_svm_command(
+    pca: str = typer.Option("256", "--pca", help="PCA components (int), variance fraction (e.g. 0.95) or 0 for none."),
+    kernel: str = typer.Option("rbf", "--kernel", help="rbf or linear (solver svc)."),
+    c: str = typer.Option("0.1,1,10", "--C", help="C value, or comma-separated grid searched on the valid split."),
+    gamma: str = typer.Option("scale", "--gamma", help="RBF gamma: 'scale', a number, or a comma-separated grid."),
+    class_weight: str | None = typer.Option(None, "--class-weight", help="'balanced' for unbalanced classes."),
+    probability: bool = typer.Option(False, "--probability", help="Platt-calibrate scores into p(fake)."),
+    solver: str = typer.Option(
+        "svc", "--solver", help="svc: exact kernel SVM, best up to ~20-50k train images (fit time grows ~n^2). "
+        "linear: LinearSVC, linear time, for large sets. nystroem: RBF kernel approximation + LinearSVC, "
+        "near-RBF accuracy at linear cost, for large sets."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
+    name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Fit StandardScaler -> PCA -> SVM on the cached train split, tune on valid, report on test."""
+    from featlab.cache import select_cache
+    from featlab.classical import parse_grid, parse_pca
+    from featlab.evaluate import evaluate_model
+    from featlab.report import print_metrics
+    from featlab.svm import fit_from_cache
+
+    ws = _workspace(workdir)
+    cache = select_cache(ws.features, backbone)
+    if class_weight not in (None, "balanced"):
+        raise typer.BadParameter("only 'balanced' is supported", param_hint="--class-weight")
+    folder, result = fit_from_cache(
+        cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
+        C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
+        class_weight=class_weight, probability=probability, solver=solver,
+    )
+    typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
+    typer.echo(
+        f"chosen {result.best_params} by {result.selection} (balanced accuracy {result.selection_score:.4f}); "
+        f"fit {result.fit_seconds:.1f} s, search {result.search_seconds:.1f} s"
+    )
+    typer.echo(f"model: {folder}")
+    splits = set(cache.index().split)
+    for split in ("valid", "test"):
+        if split in splits:
+            report, path = evaluate_model(folder, ws, split=split)
+            if split == "test":
+                typer.echo(print_metrics(report))
+            typer.echo(f"report ({split}): {path}")
 
 
 @app.command("train-cnn")
@@ -222,23 +266,72 @@ def train_cnn(workdir: Path | None = WorkdirOption) -> None:
 
 @app.command()
 @_friendly
-def evaluate(workdir: Path | None = WorkdirOption) -> None:
-    """Evaluate a saved model on a split and write the common JSON report (not built yet)."""
-    _not_built("evaluate")
+def evaluate(
+    model: str = typer.Argument("latest", help="Model folder, a name under models/, or 'latest'."),
+    split: str = typer.Option("test", "--split"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="ROC, PR, confusion and PCA scatter PNGs."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset root for a CNN (default: the one it trained on)."),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Evaluate a saved model (SVM or CNN) on a split: JSON report, terminal table and plots."""
+    from featlab.evaluate import evaluate_model
+    from featlab.modelfile import resolve_model
+    from featlab.report import print_metrics
+
+    ws = _workspace(workdir)
+    report, path = evaluate_model(resolve_model(model, ws.models), ws, split=split, plots=plots,
+                                  data_root=str(data) if data else None, device=device)
+    typer.echo(print_metrics(report))
+    typer.echo(f"report: {path}")
 
 
 @app.command()
 @_friendly
-def predict(workdir: Path | None = WorkdirOption) -> None:
-    """Classify images or folders with a saved model (not built yet)."""
-    _not_built("predict")
+def predict(
+    model: str = typer.Argument(..., help="Model folder, a name under models/, or 'latest'."),
+    target: Path = typer.Argument(..., help="An image file or a folder (any layout)."),
+    out: Path | None = typer.Option(None, "--out", help="Write path,score,label CSV here."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal."""
+    from featlab.evaluate import predict_paths
+    from featlab.modelfile import resolve_model
+
+    ws = _workspace(workdir)
+    table = predict_paths(resolve_model(model, ws.models), target, ws, batch_size=batch_size, device=device)
+    if out:
+        from featlab.fileio import atomic_write_text
+
+        atomic_write_text(out, table.to_csv(index=False))
+    ok = table[table.status == "ok"]
+    for row in ok.head(20 if out else len(ok)).itertuples():
+        typer.echo(f"{row.label:<5} {row.score:+.4f}  {row.path}")
+    for row in table[table.status != "ok"].itertuples():
+        typer.echo(f"skipped: {row.path}: {row.reason}")
+    typer.echo(f"{len(ok)} classified ({(ok.label == 'fake').sum()} fake), {len(table) - len(ok)} skipped"
+               + (f"; written to {out}" if out else ""))
 
 
 @app.command()
 @_friendly
-def compare(workdir: Path | None = WorkdirOption) -> None:
-    """Put every model's report side by side (not built yet)."""
-    _not_built("compare")
+def compare(
+    reports: list[Path] | None = typer.Argument(None, help="Report JSON files (default: every test report)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for comparison.md/.html (default reports/)."),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Put every model's test report side by side (markdown here, HTML with plots in --out)."""
+    from featlab.report import load_reports, write_comparison
+
+    ws = _workspace(workdir)
+    paths = list(reports or sorted(ws.reports.glob("*-test.json")))
+    if not paths:
+        raise FeatlabError(f"no reports given and none in {ws.reports}; run featlab fit-svm / evaluate first")
+    md, page, markdown = write_comparison(load_reports(paths), out or ws.reports)
+    typer.echo(markdown)
+    typer.echo(f"written: {md}, {page}")
 
 
 def main() -> None:

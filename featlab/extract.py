@@ -99,9 +99,13 @@ def _collate(items):
     return indices, torch.stack([t for _, t, _ in items]), [r for _, _, r in items]
 
 
-def default_workers() -> int:
-    # Leave the cores to the forward pass: one decoding worker keeps up with a CPU model.
-    return 1 if not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
+def default_workers(device: torch.device) -> int:
+    """Decoding processes. On a small CPU the forward pass needs every core and decoding is a
+    small share of the work, so decoding in-process measured fastest (see the benchmark)."""
+    cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cpus)
+    return 0 if cpus <= 4 else min(4, cpus // 4)
 
 
 # -------------------------------------------------------------------------- model
@@ -116,7 +120,8 @@ class Extractor:
     backbone : the loaded backbone.
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
-    engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks torch.
+    engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
+        for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
     """
 
     backbone: Backbone
@@ -130,7 +135,10 @@ class Extractor:
         if self.engine not in ENGINES:
             raise FeatlabError(f"--engine must be one of {', '.join(ENGINES)}")
         if self.engine == "auto":
-            self.engine = "torch"
+            # onnxruntime fp32 measured faster than torch bf16 for this model on CPU (make bench)
+            ort_ok = self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]
+            self.engine = "onnxruntime" if ort_ok and self.torch_device.type == "cpu" and self.precision in (
+                "auto", "fp32") else "torch"
         if self.engine == "onnxruntime":
             if self.backbone.name != "resnet50-opennsfw" or not self.backbone.weights["pretrained"]:
                 raise FeatlabError("--engine onnxruntime exists for --backbone resnet50-opennsfw with its shipped weights")
@@ -205,7 +213,7 @@ def extract_manifest(
     extractor : the prepared model.
     features_dir : the workspace's ``features/`` folder.
     batch_size : images per forward pass.
-    num_workers : DataLoader decoding processes (default: 1 on CPU, up to 8 with CUDA).
+    num_workers : DataLoader decoding processes (default: see :func:`default_workers`).
     shard_size : images per committed shard (what a killed run can lose at most).
     progress : show a tqdm bar with images/s.
     data_root : recorded in the cache's meta.json.
@@ -223,6 +231,8 @@ def extract_manifest(
         extractor.config,
         extra_meta={
             "embed_dim": extractor.backbone.spec.embed_dim,
+            "backbone_parameters": sum(p.numel() for p in extractor.backbone.model.parameters()),
+            "backbone_bytes": _file_size(extractor.backbone.weights.get("file")),
             "weights_info": extractor.backbone.weights,
             "versions": library_versions(),
             "created": utc_now(),
@@ -237,7 +247,7 @@ def extract_manifest(
 
     started = time.perf_counter()
     if paths:
-        workers = default_workers() if num_workers is None else num_workers
+        workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
         loader = DataLoader(
             ImageTensors(paths, extractor.backbone.preprocessing),
             batch_size=batch_size,
@@ -275,6 +285,8 @@ def extract_manifest(
     failed = manifest.sha256.isin(bad) & (manifest.status == "ok")
     manifest.loc[failed, "status"] = "quarantined"
     manifest.loc[failed, "reason"] = manifest.loc[failed, "sha256"].map(bad)
+    if paths:
+        cache.update_meta(extract_images_per_s=len(paths) / seconds, extract_device=str(extractor.torch_device))
     if write_index:
         cache.write_index(manifest)
         cache.update_meta(data_root=data_root, last_run=utc_now())
@@ -286,6 +298,10 @@ def extract_manifest(
         device=str(extractor.torch_device),
         precision=extractor.precision,
     )
+
+
+def _file_size(path: str | None) -> int | None:
+    return os.path.getsize(path) if path and os.path.isfile(path) else None
 
 
 def _progress(total: int, name: str, enabled: bool):

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featlab.backbones import Backbone, BackboneSpec, Preprocessing
 from featlab.errors import FeatlabError
 from featlab.fileio import sha256_file
+from featlab.specs import Backbone, BackboneSpec, Preprocessing
 
 NAME = "resnet50-opennsfw"
 EMBED_DIM = 1024

@@ -1,0 +1,73 @@
+"""Binary detection metrics with fake (label 1) as the positive class."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from featlab import CLASS_NAMES
+
+
+def equal_error_rate(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """Equal error rate (where false-positive rate = false-negative rate) and its threshold.
+
+    The ROC curve is interpolated linearly between the two points where FNR - FPR changes
+    sign, so the EER is exact for step curves. Returns ``(nan, nan)`` when only one class
+    is present.
+    """
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        return float("nan"), float("nan")
+    fpr, tpr, thresholds = skm.roc_curve(y_true, score, drop_intermediate=False)
+    fnr = 1.0 - tpr
+    gap = fnr - fpr  # starts at 1 (threshold +inf), ends at -1
+    i = int(np.argmax(gap <= 0))
+    if i == 0:
+        return float(fpr[0]), float(thresholds[0])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    eer = fpr[i - 1] + t * (fpr[i] - fpr[i - 1])
+    return float(eer), float(thresholds[i])
+
+
+def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    """Every metric of the common report.
+
+    Parameters
+    ----------
+    y_true : 0 = real, 1 = fake.
+    score : higher means more likely fake (decision value, logit or probability).
+    threshold : ``score >= threshold`` is predicted fake.
+
+    Returns
+    -------
+    dict with accuracy, precision, recall, f1, roc_auc, average_precision, eer,
+    eer_threshold, per_class_accuracy, confusion_matrix (rows = true real/fake, columns =
+    predicted real/fake), threshold and counts. Metrics undefined for the data are ``None``.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=float)
+    if y_true.shape != score.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and score {score.shape} must be 1-D of the same length")
+    y_pred = (score >= threshold).astype(int)
+    both = len(np.unique(y_true)) == 2
+    cm = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    per_class = {
+        name: (float(cm[k, k] / cm[k].sum()) if cm[k].sum() else None) for k, name in enumerate(CLASS_NAMES)
+    }
+    eer, eer_threshold = equal_error_rate(y_true, score)
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, score)) if both else None,
+        "average_precision": float(skm.average_precision_score(y_true, score)) if both else None,
+        "eer": eer if both else None,
+        "eer_threshold": eer_threshold if both else None,
+        "per_class_accuracy": per_class,
+        "confusion_matrix": cm.tolist(),
+        "threshold": float(threshold),
+        "n": int(len(y_true)),
+        "n_real": int((y_true == 0).sum()),
+        "n_fake": int((y_true == 1).sum()),
+    }

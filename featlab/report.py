@@ -1,0 +1,313 @@
+"""The common JSON report (SVM and CNN alike), its plots, and the comparison table.
+
+Every report states its data (root, split, counts, a fingerprint of exactly which images
+with which labels), its model (kind, backbone, weights, parameters, file hash), seeds and
+library versions. ``featlab compare`` refuses reports whose test data differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featlab import __version__
+from featlab.errors import FeatlabError
+from featlab.fileio import atomic_write_json, atomic_write_text, read_json
+from featlab.versions import library_versions, utc_now
+
+SCHEMA = "featlab.report/1"
+SYNTHETIC_MARK = "SYNTHETIC"
+
+_REQUIRED = {
+    "schema": str,
+    "created": str,
+    "versions": dict,
+    "model": dict,
+    "data": dict,
+    "metrics": dict,
+    "costs": dict,
+    "plots": dict,
+}
+_REQUIRED_MODEL = {"kind": str, "name": str, "path": str, "sha256": str, "backbone": str, "weights": str, "seed": int}
+_REQUIRED_DATA = {"root": str, "split": str, "n_images": int, "split_fingerprint": str, "synthetic": bool}
+_REQUIRED_METRICS = (
+    "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "per_class_accuracy",
+    "confusion_matrix", "threshold",
+)
+_REQUIRED_COSTS = ("train_seconds", "inference_images_per_s", "model_bytes", "parameters")
+
+
+def split_fingerprint(hashes: list[str], labels: list[int]) -> str:
+    """Identify an evaluation set by its images' content and labels, independent of paths and order."""
+    lines = sorted(f"{h}:{int(y)}" for h, y in zip(hashes, labels))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def is_synthetic(data_root: str | os.PathLike) -> bool:
+    """True when the dataset folder says it is generated (README naming it SYNTHETIC)."""
+    readme = Path(data_root) / "README.md"
+    return readme.is_file() and SYNTHETIC_MARK in readme.read_text(errors="replace")[:500]
+
+
+def validate_report(report: dict) -> dict:
+    """Check a report against the schema; raise FeatlabError naming the first problem."""
+
+    def need(section: dict, spec, where: str) -> None:
+        items = spec.items() if isinstance(spec, dict) else ((k, None) for k in spec)
+        for key, kind in items:
+            if key not in section:
+                raise FeatlabError(f"report: missing {where}{key}")
+            if kind is not None and not isinstance(section[key], kind):
+                raise FeatlabError(f"report: {where}{key} should be {kind.__name__}")
+
+    need(report, _REQUIRED, "")
+    if report["schema"] != SCHEMA:
+        raise FeatlabError(f"report: schema {report['schema']!r}, expected {SCHEMA!r}")
+    need(report["model"], _REQUIRED_MODEL, "model.")
+    need(report["data"], _REQUIRED_DATA, "data.")
+    need(report["metrics"], _REQUIRED_METRICS, "metrics.")
+    need(report["costs"], _REQUIRED_COSTS, "costs.")
+    cm = report["metrics"]["confusion_matrix"]
+    if np.asarray(cm).shape != (2, 2) or sum(map(sum, cm)) != report["data"]["n_images"]:
+        raise FeatlabError("report: confusion_matrix must be 2x2 and sum to data.n_images")
+    return report
+
+
+def build_report(model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None) -> dict:
+    report = {
+        "schema": SCHEMA,
+        "created": utc_now(),
+        "featlab": __version__,
+        "versions": library_versions(),
+        "model": model,
+        "data": data,
+        "metrics": metrics,
+        "costs": costs,
+        "plots": plots or {},
+    }
+    return validate_report(report)
+
+
+def report_paths(reports_dir: str | os.PathLike, model_name: str, split: str) -> tuple[Path, Path]:
+    """(JSON path, plots folder) for a model and split."""
+    stem = f"{model_name}-{split}"
+    return Path(reports_dir) / f"{stem}.json", Path(reports_dir) / stem
+
+
+# ---------------------------------------------------------------------- plots
+
+
+def write_plots(
+    folder: str | os.PathLike,
+    y_true: np.ndarray,
+    score: np.ndarray,
+    confusion: list[list[int]],
+    title: str,
+    embeddings: np.ndarray | None = None,
+) -> dict[str, str]:
+    """ROC, PR, confusion matrix and (given embeddings) a 2-D PCA scatter, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}.png", dpi=90)
+        plt.close(fig)
+        written[name] = str(folder / f"{name}.png")
+
+    if len(np.unique(y_true)) == 2:
+        fpr, tpr, _ = roc_curve(y_true, score)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(fpr, tpr)
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate", title=f"ROC - {title}")
+        save(fig, "roc")
+        precision, recall, _ = precision_recall_curve(y_true, score)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(recall, precision)
+        ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title=f"PR - {title}", ylim=(0, 1.02))
+        save(fig, "pr")
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(confusion, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(confusion[i][j]), ha="center", va="center")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"],
+           xlabel="predicted", ylabel="true", title="confusion")
+    save(fig, "confusion")
+    if embeddings is not None and len(embeddings) >= 3:
+        xy = PCA(n_components=2, random_state=0).fit_transform(np.asarray(embeddings, dtype=np.float64))
+        fig, ax = plt.subplots(figsize=(4, 4))
+        for label, name, color in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
+            mask = np.asarray(y_true) == label
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=6, alpha=0.6, label=name, color=color)
+        ax.legend()
+        ax.set(title=f"PCA of embeddings - {title}", xlabel="PC1", ylabel="PC2")
+        save(fig, "pca_scatter")
+    return written
+
+
+def print_metrics(report: dict) -> str:
+    """A short human-readable table of a report."""
+    m = report["metrics"]
+    d = report["data"]
+
+    def fmt(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    lines = [
+        f"model   {report['model']['name']} ({report['model']['kind']}, {report['model']['backbone']}, "
+        f"weights {report['model']['weights']})",
+        f"data    {d['root']} split={d['split']} n={d['n_images']}" + ("  [SYNTHETIC data]" if d["synthetic"] else ""),
+        f"accuracy {fmt(m['accuracy'])}  precision {fmt(m['precision'])}  recall {fmt(m['recall'])}  f1 {fmt(m['f1'])}",
+        f"roc_auc  {fmt(m['roc_auc'])}  AP {fmt(m['average_precision'])}  EER {fmt(m['eer'])}  "
+        f"threshold {m['threshold']:g}",
+        f"per-class accuracy: real {fmt(m['per_class_accuracy']['real'])}  fake {fmt(m['per_class_accuracy']['fake'])}",
+        f"confusion [[tn, fp], [fn, tp]] = {m['confusion_matrix']}",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- compare
+
+_COLUMNS = [
+    # (column, getter, higher is better)
+    ("accuracy", lambda r: r["metrics"]["accuracy"], True),
+    ("f1", lambda r: r["metrics"]["f1"], True),
+    ("roc_auc", lambda r: r["metrics"]["roc_auc"], True),
+    ("AP", lambda r: r["metrics"]["average_precision"], True),
+    ("EER", lambda r: r["metrics"]["eer"], False),
+    ("train s", lambda r: r["costs"]["train_seconds"], False),
+    ("infer img/s", lambda r: r["costs"]["inference_images_per_s"], True),
+    ("size MB", lambda r: r["costs"]["model_bytes"] / 1e6, False),
+    ("params", lambda r: r["costs"]["parameters"], False),
+]
+
+
+def load_reports(paths: list[str | os.PathLike]) -> list[dict]:
+    reports = []
+    for path in paths:
+        try:
+            report = read_json(path)
+        except (OSError, ValueError) as error:
+            raise FeatlabError(f"cannot read report {path}: {error}") from None
+        report["_path"] = str(path)
+        reports.append(validate_report(report))
+    return reports
+
+
+def compare_reports(reports: list[dict]) -> pd.DataFrame:
+    """One row per model; refuses reports made on different evaluation data."""
+    if not reports:
+        raise FeatlabError("no reports to compare")
+    fingerprints = {(r["data"]["split_fingerprint"]) for r in reports}
+    if len(fingerprints) > 1:
+        described = "; ".join(
+            f"{Path(r['_path']).name}: split={r['data']['split']} n={r['data']['n_images']} "
+            f"fp={r['data']['split_fingerprint'][:10]}" for r in reports
+        )
+        raise FeatlabError(f"reports were made on different evaluation data, refusing to compare ({described})")
+    rows = []
+    for r in reports:
+        row = {"model": r["model"]["name"], "kind": r["model"]["kind"], "backbone": r["model"]["backbone"],
+               "weights": r["model"]["weights"]}
+        for column, get, _ in _COLUMNS:
+            try:
+                value = get(r)
+            except (KeyError, TypeError):
+                value = None
+            row[column] = np.nan if value is None else value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
+    mask = pd.DataFrame(False, index=table.index, columns=table.columns)
+    for column, _, higher in _COLUMNS:
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.notna().any():
+            best = values.max() if higher else values.min()
+            mask[column] = values == best
+    return mask
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    mask = _best_mask(table)
+    header = "| " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * len(table.columns)]
+    for i, row in table.iterrows():
+        cells = [f"**{_fmt(v)}**" if mask.loc[i, c] else _fmt(v) for c, v in row.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(reports: list[dict], out: str | os.PathLike) -> tuple[Path, Path, str]:
+    """Write ``comparison.md`` and ``comparison.html`` (plots embedded) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = compare_reports(reports)
+    markdown = to_markdown(table)
+    data = reports[0]["data"]
+    synthetic = " — **SYNTHETIC data (not real faces)**" if data["synthetic"] else ""
+    context = (
+        f"Evaluation data: `{data['root']}` split `{data['split']}`, {data['n_images']} images "
+        f"(fingerprint {data['split_fingerprint'][:12]}){synthetic}. Best value per column in bold."
+    )
+    atomic_write_text(out / "comparison.md", f"# featlab comparison\n\n{context}\n\n{markdown}\n")
+    mask = _best_mask(table)
+    cells = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = []
+    for i, row in table.iterrows():
+        tds = "".join(
+            f"<td{' class=best' if mask.loc[i, c] else ''}>{html.escape(_fmt(v))}</td>" for c, v in row.items()
+        )
+        body.append(f"<tr>{tds}</tr>")
+    figures = []
+    for r in reports:
+        imgs = []
+        for name in ("roc", "pr", "confusion", "pca_scatter"):
+            path = r.get("plots", {}).get(name)
+            if path and Path(path).is_file():
+                encoded = base64.b64encode(Path(path).read_bytes()).decode()
+                imgs.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}">')
+        if imgs:
+            figures.append(f"<h3>{html.escape(r['model']['name'])}</h3>{''.join(imgs)}")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>featlab comparison</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:right}td.best{font-weight:bold;background:#e6f4ea}img{height:260px;margin:4px}"
+        "</style></head><body><h1>featlab comparison</h1>"
+        f"<p>{html.escape(context).replace('**', '')}</p><table><tr>{cells}</tr>{''.join(body)}</table>"
+        f"{''.join(figures)}<p>featlab {__version__}</p></body></html>"
+    )
+    atomic_write_text(out / "comparison.html", page)
+    return out / "comparison.md", out / "comparison.html", markdown
+
+
+def save_report(report: dict, path: str | os.PathLike) -> Path:
+    return atomic_write_json(path, validate_report(report))

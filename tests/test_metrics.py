@@ -1,0 +1,55 @@
+"""Metric values against hand-computed ones on tiny fixed examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from featlab.metrics import binary_metrics, equal_error_rate
+
+
+def test_hand_computed_example():
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    m = binary_metrics(y, s, threshold=0.5)
+    # predictions [0, 0, 0, 1]: tn=2 fp=0 fn=1 tp=1
+    assert m["confusion_matrix"] == [[2, 0], [1, 1]]
+    assert m["accuracy"] == 0.75
+    assert m["precision"] == 1.0
+    assert m["recall"] == 0.5
+    assert m["f1"] == pytest.approx(2 / 3)
+    # pairs (fake, real) ranked right: (0.35>0.1), (0.8>0.1), (0.8>0.4); wrong: (0.35<0.4) -> 3/4
+    assert m["roc_auc"] == pytest.approx(0.75)
+    # ranking 0.8(F) 0.4(R) 0.35(F) 0.1(R): AP = 0.5*1 + 0.5*(2/3)
+    assert m["average_precision"] == pytest.approx(0.5 + 1 / 3)
+    # FNR = FPR = 0.5 at threshold 0.4
+    assert m["eer"] == pytest.approx(0.5)
+    assert m["per_class_accuracy"] == {"real": 1.0, "fake": 0.5}
+    assert (m["n"], m["n_real"], m["n_fake"], m["threshold"]) == (4, 2, 2, 0.5)
+
+
+def test_perfect_and_inverted_scores():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([-3.0, -2.0, -1.0, 1.0, 2.0])
+    perfect = binary_metrics(y, s, 0.0)
+    assert perfect["accuracy"] == perfect["roc_auc"] == 1.0 and perfect["eer"] == 0.0
+    inverted = binary_metrics(y, -s, 0.0)
+    assert inverted["roc_auc"] == 0.0 and inverted["eer"] == 1.0 and inverted["accuracy"] == 0.0
+
+
+def test_eer_interpolates_between_roc_points():
+    # 4 real, 4 fake; one real above two fakes
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.75, 0.6, 0.7, 0.8, 0.9])
+    eer, thr = equal_error_rate(y, s)
+    assert eer == pytest.approx(0.25)
+    assert 0.6 <= thr <= 0.8
+
+
+def test_single_class_gives_undefined_ranking_metrics():
+    m = binary_metrics(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]), 0.5)
+    assert m["roc_auc"] is None and m["eer"] is None and m["per_class_accuracy"]["real"] is None
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert math.isnan(equal_error_rate(np.array([0, 0]), np.array([0.1, 0.2]))[0])
