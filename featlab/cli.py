@@ -138,11 +138,7 @@ def data_synth(
     typer.echo(f"{out}: {SYNTHETIC_TAG}")
 
 
-# ----------------------------------------------------------------- planned stages
-
-
-def _not_built(name: str) -> None:
-    raise FeatlabError(f"'featlab {name}' is not built yet in featlab {__version__}")
+# ---------------------------------------------------------------- pipeline stages
 
 
 @app.command()
@@ -259,9 +255,56 @@ def fit_svm_command(
 
 @app.command("train-cnn")
 @_friendly
-def train_cnn(workdir: Path | None = WorkdirOption) -> None:
-    """Fine-tune a CNN baseline on the same splits (not built yet)."""
-    _not_built("train-cnn")
+def train_cnn_command(
+    arch: str = typer.Option("resnet18", "--arch", help="resnet18, resnet50, densenet121, resnet50-opennsfw "
+                             "(offline pretrained) or custom (small CNN from scratch)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
+    out: Path | None = typer.Option(None, "--out", help="Model folder (default models/cnn-ARCH-TIME)."),
+    weights: str = typer.Option("default", "--weights", help="Pretrained weights: default, a file, or none."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or step."),
+    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the new head for the first N epochs."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Override resize/crop (e.g. 64 for quick runs)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16/fp16 autocast (mixed precision)."),
+    patience: int = typer.Option(3, "--patience", help="Early stopping: epochs without a better valid ROC-AUC."),
+    flip: bool = typer.Option(True, "--flip/--no-flip"),
+    crop_scale: float = typer.Option(0.85, "--crop-scale", help="Random crop keeps >= this fraction (1 = off)."),
+    color_jitter: float = typer.Option(0.1, "--color-jitter"),
+    jpeg_prob: float = typer.Option(0.0, "--jpeg-prob", help="JPEG re-compression augmentation probability."),
+    blur_prob: float = typer.Option(0.0, "--blur-prob", help="Gaussian blur augmentation probability."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", min=0),
+    device: str = typer.Option("auto", "--device"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out from its last epoch."),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Fine-tune a CNN baseline on the same splits, then report on the test split."""
+    import time as _time
+
+    from featlab.cnn import Augment, TrainConfig, train_cnn
+    from featlab.data import scan_dataset
+    from featlab.evaluate import evaluate_model
+    from featlab.report import print_metrics
+
+    ws = _workspace(workdir)
+    config = TrainConfig(
+        arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, image_size=image_size,
+        precision=precision, patience=patience, seed=seed, workers=workers, device=device,
+        augment=Augment(flip=flip, crop_scale=crop_scale, color_jitter=color_jitter, jpeg_prob=jpeg_prob,
+                        blur_prob=blur_prob),
+    )
+    folder = out or ws.models / f"cnn-{arch}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    train_cnn(config, data, folder, resume=resume)
+    typer.echo(f"model: {folder}")
+    if "test" in set(scan_dataset(data, check_images=False).split):
+        report, path = evaluate_model(folder, ws, split="test", data_root=str(data), device=device)
+        typer.echo(print_metrics(report))
+        typer.echo(f"report (test): {path}")
 
 
 @app.command()

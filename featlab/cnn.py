@@ -1,0 +1,429 @@
+"""Fine-tuned CNN baselines, trained on the same splits as the SVM pipeline.
+
+Architectures: ``resnet18``, ``resnet50``, ``densenet121`` (torchvision; pretrained weights
+through the same ``--weights`` rules as the backbones), ``resnet50-opennsfw`` (the offline
+pretrained ResNet-50), and ``custom``: a small CNN trained from scratch::
+
+    4 x [Conv3x3(c) -> BatchNorm -> ReLU -> MaxPool2x2], c = 32, 64, 128, 256
+    -> global average pool -> Dropout(0.3) -> Linear(256 -> 1)
+
+Every model ends in one logit (fake = positive) trained with BCE-with-logits.
+
+Training writes, under the model folder: ``model.pt`` (best weights by valid ROC-AUC) with
+``meta.json`` (its sha256), ``train/last.pt`` (the full training state after each epoch,
+written atomically, for ``--resume``), ``history.csv`` and ``curves.png``. Data order and
+augmentation draw from a generator seeded by (seed, epoch), so a resumed run sees exactly
+the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from featlab import CLASS_NAMES, LABELS, __version__
+from featlab.backbones import BACKBONES, load_backbone
+from featlab.data import load_rgb, scan_dataset
+from featlab.errors import BadImageError, FeatlabError
+from featlab.extract import ImageTensors, _collate, autocast_context, resolve_device, resolve_precision
+from featlab.fileio import atomic_write, atomic_write_text
+from featlab.metrics import binary_metrics
+from featlab.modelfile import save_model_folder, verified_artifact
+from featlab.specs import Preprocessing
+from featlab.versions import library_versions, utc_now
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("resnet18", "resnet50", "densenet121", "resnet50-opennsfw", "custom")
+ARTIFACT = "model.pt"
+
+
+class CustomCNN(nn.Module):
+    """The small from-scratch CNN (see module docstring)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.3) -> None:
+        super().__init__()
+        layers, channels = [], 3
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class FineTuned(nn.Module):
+    """A pretrained embedding network with a new one-logit head."""
+
+    def __init__(self, features: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+CUSTOM_PREPROCESSING = Preprocessing(resize=128, crop=128, mean=(127.5,) * 3, std=(127.5,) * 3)
+
+
+def build_model(arch: str, weights: str, image_size: int | None = None) -> tuple[nn.Module, Preprocessing, dict]:
+    """(model, preprocessing, weights info) for an architecture; ``image_size`` overrides resize/crop."""
+    if arch not in ARCHS:
+        raise FeatlabError(f"--arch must be one of {', '.join(ARCHS)}")
+    if arch == "custom":
+        torch.manual_seed(0)
+        model, prep = CustomCNN(), CUSTOM_PREPROCESSING
+        info = {"source": "none (trained from scratch)", "fingerprint": "custom", "pretrained": False, "file": None}
+    else:
+        backbone = load_backbone(arch, weights)
+        model, prep, info = FineTuned(backbone.model, BACKBONES[arch].embed_dim), backbone.preprocessing, backbone.weights
+    if image_size:
+        prep = Preprocessing(**{**asdict(prep), "resize": image_size, "crop": image_size})
+    return model, prep, info
+
+
+# ------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: bool = True
+    crop_scale: float = 0.85  # random crop keeps at least this fraction of the side (1 = off)
+    color_jitter: float = 0.1  # brightness/contrast/saturation +- fraction (0 = off)
+    jpeg_prob: float = 0.0  # CNNDetection-style JPEG re-compression (quality 30-100)
+    blur_prob: float = 0.0  # CNNDetection-style Gaussian blur (sigma 0-3)
+
+
+class TrainImages(Dataset):
+    """Decoded, augmented uint8 tensors; randomness from a per-item seed for exact resume."""
+
+    def __init__(self, paths: list[str], labels: list[int], prep: Preprocessing, augment: Augment) -> None:
+        self.paths, self.labels, self.prep, self.augment = paths, labels, prep, augment
+        self.epoch_seed = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        rng = random.Random(self.epoch_seed * 1_000_003 + i)
+        try:
+            image = load_rgb(self.paths[i])
+        except BadImageError:
+            image = Image.new("RGB", (self.prep.crop, self.prep.crop))
+        a = self.augment
+        if a.blur_prob and rng.random() < a.blur_prob:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 3)))
+        if a.jpeg_prob and rng.random() < a.jpeg_prob:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=rng.randint(30, 100))
+            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        if a.crop_scale < 1:
+            w, h = image.size
+            s = rng.uniform(a.crop_scale, 1.0)
+            cw, ch = max(1, int(w * s)), max(1, int(h * s))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            image = image.crop((x, y, x + cw, y + ch))
+        if a.flip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tensor = self.prep.to_uint8(image)
+        if a.color_jitter:
+            factors = [1 + rng.uniform(-a.color_jitter, a.color_jitter) for _ in range(2)]
+            t = tensor.float() * factors[0]
+            t = (t - t.mean()) * factors[1] + t.mean()
+            tensor = t.clamp(0, 255).to(torch.uint8)
+        return tensor, self.labels[i]
+
+
+# -------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "custom"
+    weights: str = "default"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    freeze_epochs: int = 0
+    image_size: int | None = None
+    precision: str = "fp32"
+    patience: int = 3
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    augment: Augment = field(default_factory=Augment)
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters()]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    raise FeatlabError("--optimizer must be adamw or sgd")
+
+
+def _scheduler(config: TrainConfig, optimizer):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, config.epochs // 3), gamma=0.1)
+    raise FeatlabError("--schedule must be cosine or step")
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> None:
+    if isinstance(model, FineTuned):
+        for p in model.features.parameters():
+            p.requires_grad_(not frozen)
+
+
+def score_images(
+    model: nn.Module, prep: Preprocessing, paths: list[str], batch_size: int, device: torch.device, precision: str,
+    workers: int = 0,
+) -> tuple[np.ndarray, list[str]]:
+    """(logit per image, reason per image: "" when decoded)."""
+    model.eval()
+    scores = np.full(len(paths), np.nan, dtype=np.float64)
+    reasons = [""] * len(paths)
+    loader = DataLoader(ImageTensors(paths, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    with torch.inference_mode():
+        for indices, batch, why in loader:
+            x = prep.normalize(batch.to(device)).contiguous(memory_format=torch.channels_last)
+            with autocast_context(precision, device):
+                out = model(x).float().view(-1).cpu().numpy()
+            for k, i in enumerate(indices.tolist()):
+                if why[k]:
+                    reasons[i] = why[k]
+                else:
+                    scores[i] = out[k]
+    return scores, reasons
+
+
+def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
+              progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train (or resume) a CNN baseline; returns the model folder.
+
+    ``stop_after`` ends the run after that many epochs of this call (used to test resume).
+    """
+    out = Path(out)
+    state_file = out / "train" / "last.pt"
+    if out.joinpath("meta.json").exists() and not resume and state_file.exists():
+        raise FeatlabError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    manifest = scan_dataset(data_root, check_images=False)
+    splits = {s: manifest[(manifest.split == s) & (manifest.status == "ok")] for s in ("train", "valid")}
+    if splits["train"].empty or splits["train"].label.nunique() < 2:
+        raise FeatlabError(f"{data_root}: the train split needs real and fake images")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    model, prep, weights_info = build_model(config.arch, config.weights, config.image_size)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer)
+    history: list[dict] = []
+    best_auc, bad_epochs, start_epoch, train_seconds = -1.0, 0, 0, 0.0
+    if resume:
+        if not state_file.exists():
+            raise FeatlabError(f"nothing to resume: {state_file} does not exist")
+        state = torch.load(state_file, map_location=device, weights_only=False)  # our own file, written atomically
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_auc, bad_epochs = state["history"], state["best_auc"], state["bad_epochs"]
+        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+        torch.set_rng_state(state["torch_rng"])  # dropout draws continue exactly
+        log.info("resuming %s at epoch %d", out, start_epoch + 1)
+
+    train = TrainImages(list(splits["train"].path), list(splits["train"].label), prep, config.augment)
+    loss_fn = nn.BCEWithLogitsLoss()
+    from tqdm.auto import tqdm
+
+    epochs_run = 0
+    for epoch in range(start_epoch, config.epochs):
+        if bad_epochs >= config.patience:
+            break
+        started = time.perf_counter()
+        _set_frozen(model, epoch < config.freeze_epochs)
+        train.epoch_seed = config.seed * 10_007 + epoch
+        order = torch.Generator().manual_seed(config.seed * 10_007 + epoch)
+        loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=order,
+                            num_workers=config.workers, drop_last=len(train) > config.batch_size)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for images, labels in bar:
+            x = prep.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
+            y = labels.float().to(device)
+            with autocast_context(precision, device):
+                logits = model(x).float().view(-1)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        scheduler.step()
+        valid_metrics = {}
+        if not splits["valid"].empty:
+            scores, _ = score_images(model, prep, list(splits["valid"].path), config.batch_size, device, precision)
+            ok = ~np.isnan(scores)
+            valid_metrics = binary_metrics(splits["valid"].label.to_numpy()[ok], scores[ok], 0.0)
+        train_seconds += time.perf_counter() - started
+        auc = valid_metrics.get("roc_auc") or 0.0
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_auc": auc,
+               "valid_accuracy": valid_metrics.get("accuracy"), "lr": scheduler.get_last_lr()[0],
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        log.info("epoch %d: loss %.4f valid AUC %.4f", epoch + 1, row["train_loss"], auc)
+        if progress:
+            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid AUC {auc:.4f}, "
+                  f"acc {row['valid_accuracy'] or 0:.4f} ({row['seconds']:.1f} s)", flush=True)
+        if auc > best_auc:
+            best_auc, bad_epochs = auc, 0
+            meta = {
+                "kind": "cnn", "arch": config.arch, "backbone": config.arch, "featlab": __version__,
+                "created": utc_now(), "config": {**asdict(config)}, "preprocessing": prep.as_dict(),
+                "weights_info": weights_info, "data_root": str(Path(data_root).resolve()),
+                "class_mapping": LABELS, "best_epoch": epoch + 1, "best_valid_auc": auc,
+                "n_train": int(len(splits["train"])), "n_valid": int(len(splits["valid"])),
+                "parameters": int(sum(p.numel() for p in model.parameters())), "seed": config.seed,
+                "precision": precision, "versions": library_versions(),
+            }
+            state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_model_folder(out, ARTIFACT, lambda h, sd=state_dict: torch.save(sd, h), meta)
+        else:
+            bad_epochs += 1
+        atomic_write(state_file, lambda h: torch.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
+            "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()}, h))
+        _write_history(out, history, train_seconds)
+        epochs_run += 1
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+    return out
+
+
+def _write_history(out: Path, history: list[dict], train_seconds: float) -> None:
+    table = pd.DataFrame(history)
+    atomic_write_text(out / "history.csv", table.to_csv(index=False))
+    meta_path = out / "meta.json"
+    if meta_path.exists():  # training time so far, without touching the hashed artifact
+        from featlab.fileio import atomic_write_json, read_json
+
+        atomic_write_json(meta_path, {**read_json(meta_path), "train_seconds": train_seconds,
+                                      "epochs_done": int(table.epoch.max())})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(table.epoch, table.train_loss, marker="o", label="train loss")
+    ax.plot(table.epoch, table.valid_auc, marker="s", label="valid ROC-AUC")
+    ax.set(xlabel="epoch", title="training curves")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------ load / evaluate
+
+
+def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module, Preprocessing, dict, torch.device]:
+    """Rebuild the architecture and load the verified best weights (weights_only, hash-checked)."""
+    artifact, meta = verified_artifact(folder)
+    if meta.get("kind") != "cnn":
+        raise FeatlabError(f"{folder} is not a CNN model folder")
+    arch = meta["arch"]
+    structure_weights = "default" if arch == "resnet50-opennsfw" else "none"
+    model, _, _ = build_model(arch, structure_weights, None)
+    model.load_state_dict(torch.load(artifact, map_location="cpu", weights_only=True), strict=True)
+    prep = Preprocessing(**{**meta["preprocessing"], "mean": tuple(meta["preprocessing"]["mean"]),
+                            "std": tuple(meta["preprocessing"]["std"])})
+    torch_device = resolve_device(device)
+    return model.to(torch_device, memory_format=torch.channels_last).eval(), prep, meta, torch_device
+
+
+def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
+                 device: str = "auto"):
+    from featlab.report import (
+        build_report,
+        is_synthetic,
+        report_paths,
+        save_report,
+        split_fingerprint,
+        write_plots,
+    )
+
+    model, prep, meta, torch_device = load_cnn(model_folder, device)
+    root = data_root or meta["data_root"]
+    manifest = scan_dataset(root, check_images=False)
+    rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
+    if rows.empty:
+        raise FeatlabError(f"{root}: split {split!r} holds no images")
+    precision = "fp32"
+    start = time.perf_counter()
+    scores, reasons = score_images(model, prep, list(rows.path), 32, torch_device, precision)
+    seconds = time.perf_counter() - start
+    ok = ~np.isnan(scores)
+    y = rows.label.to_numpy()[ok]
+    metrics = binary_metrics(y, scores[ok], 0.0)
+    metrics["score_kind"] = "logit"
+    name = Path(model_folder).name
+    json_path, plot_dir = report_paths(workspace.reports, name, split)
+    plot_files = write_plots(plot_dir, y, scores[ok], metrics["confusion_matrix"], name) if plots else {}
+    report = build_report(
+        model={"kind": "cnn", "name": name, "path": str(Path(model_folder).resolve()), "sha256": meta["sha256"],
+               "backbone": meta["arch"], "weights": meta["weights_info"].get("source", "unknown"),
+               "pretrained": bool(meta["weights_info"].get("pretrained")),
+               "params": {"config": meta["config"], "best_epoch": meta["best_epoch"],
+                          "best_valid_auc": meta["best_valid_auc"]},
+               "seed": int(meta["seed"])},
+        data={"root": str(root), "split": split, "n_images": int(ok.sum()), "n_real": int((y == 0).sum()),
+              "n_fake": int((y == 1).sum()),
+              "split_fingerprint": split_fingerprint(list(rows.sha256[ok]), list(y)),
+              "synthetic": is_synthetic(root), "n_train": meta["n_train"], "n_valid": meta["n_valid"],
+              "skipped": [{"path": p, "reason": r} for p, r in zip(rows.path, reasons) if r]},
+        metrics=metrics,
+        costs={"train_seconds": float(meta.get("train_seconds", 0.0)),
+               "inference_images_per_s": float(len(rows) / seconds),
+               "inference_note": f"end to end (decode + forward, batch 32, {precision}) on {torch_device}",
+               "model_bytes": int(meta["bytes"]), "parameters": int(meta["parameters"])},
+        plots=plot_files,
+    )
+    save_report(report, json_path)
+    return report, json_path
+
+
+def predict_cnn(model_folder, manifest: pd.DataFrame, batch_size: int = 32, device: str = "auto") -> pd.DataFrame:
+    model, prep, _, torch_device = load_cnn(model_folder, device)
+    scores, reasons = score_images(model, prep, list(manifest.path), batch_size, torch_device, "fp32")
+    out = manifest[["path"]].copy()
+    out["score"] = scores
+    out["score_kind"] = ["" if r else "logit" for r in reasons]
+    out["label"] = ["" if r else CLASS_NAMES[int(s >= 0)] for s, r in zip(scores, reasons)]
+    out["status"] = ["quarantined" if r else "ok" for r in reasons]
+    out["reason"] = reasons
+    return out[["path", "score", "score_kind", "label", "status", "reason"]]
