@@ -294,7 +294,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
                "valid_accuracy": valid_metrics.get("accuracy"), "lr": scheduler.get_last_lr()[0],
                "seconds": time.perf_counter() - started}
         history.append(row)
-        log.info("epoch %d: loss %.4f valid AUC %.4f", epoch + 1, row["train_loss"], auc)
+        log.debug("epoch %d: loss %.4f valid AUC %.4f", epoch + 1, row["train_loss"], auc)
         if progress:
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid AUC {auc:.4f}, "
                   f"acc {row['valid_accuracy'] or 0:.4f} ({row['seconds']:.1f} s)", flush=True)
@@ -313,10 +313,12 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
             save_model_folder(out, ARTIFACT, lambda h, sd=state_dict: torch.save(sd, h), meta)
         else:
             bad_epochs += 1
-        atomic_write(state_file, lambda h: torch.save({
+        training_state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
-            "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()}, h))
+            "train_seconds": train_seconds, "torch_rng": torch.get_rng_state(),
+        }
+        atomic_write(state_file, lambda h, st=training_state: torch.save(st, h))
         _write_history(out, history, train_seconds)
         epochs_run += 1
         if stop_after is not None and epochs_run >= stop_after:
@@ -378,7 +380,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
     )
 
     model, prep, meta, torch_device = load_cnn(model_folder, device)
-    root = data_root or meta["data_root"]
+    root = str(Path(data_root or meta["data_root"]).resolve())
     manifest = scan_dataset(root, check_images=False)
     rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
     if rows.empty:

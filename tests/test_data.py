@@ -167,3 +167,15 @@ def test_scan_images_for_prediction(tmp_path):
 def _empty(tmp_path):
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
+
+
+def test_shipped_sample_is_valid_and_labelled_synthetic():
+    from pathlib import Path
+
+    from featlab.report import is_synthetic
+
+    sample = Path(__file__).resolve().parents[1] / "data_prep" / "sample-synthetic"
+    manifest = scan_dataset(sample)
+    assert (manifest.status == "ok").all()
+    assert summarize(manifest).loc["train", "real"] == 40
+    assert is_synthetic(sample)
