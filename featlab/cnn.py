@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 from featlab import CLASS_NAMES, LABELS, __version__
 from featlab.backbones import BACKBONES, load_backbone
 from featlab.data import load_rgb, scan_dataset
-from featlab.errors import BadImageError, FeatlabError
-from featlab.extract import ImageTensors, _collate, autocast_context, resolve_device, resolve_precision
-from featlab.fileio import atomic_write, atomic_write_text
+from featlab.errors import FeatlabError
+from featlab.extract import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
+from featlab.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from featlab.metrics import binary_metrics
 from featlab.modelfile import save_model_folder, verified_artifact
 from featlab.specs import Preprocessing
@@ -122,10 +122,7 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int):
         rng = random.Random(self.epoch_seed * 1_000_003 + i)
-        try:
-            image = load_rgb(self.paths[i])
-        except BadImageError:
-            image = Image.new("RGB", (self.prep.crop, self.prep.crop))
+        image = load_rgb(self.paths[i])  # train_cnn quarantined undecodable files beforehand
         a = self.augment
         if a.blur_prob and rng.random() < a.blur_prob:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 3)))
@@ -174,7 +171,7 @@ class TrainConfig:
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
@@ -204,7 +201,7 @@ def score_images(
     model.eval()
     scores = np.full(len(paths), np.nan, dtype=np.float64)
     reasons = [""] * len(paths)
-    loader = DataLoader(ImageTensors(paths, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(ImageTensors(paths, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
     with torch.inference_mode():
         for indices, batch, why in loader:
             x = prep.normalize(batch.to(device)).contiguous(memory_format=torch.channels_last)
@@ -230,7 +227,10 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         raise FeatlabError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    manifest = scan_dataset(data_root, check_images=False)
+    # Decode everything once up front: a broken file must be left out, not trained on as a blank image.
+    manifest = scan_dataset(data_root, check_images=True)
+    for row in manifest[manifest.status != "ok"].itertuples():
+        log.warning("quarantined %s: %s", row.path, row.reason)
     splits = {s: manifest[(manifest.split == s) & (manifest.status == "ok")] for s in ("train", "valid")}
     if splits["train"].empty or splits["train"].label.nunique() < 2:
         raise FeatlabError(f"{data_root}: the train split needs real and fake images")
@@ -331,8 +331,6 @@ def _write_history(out: Path, history: list[dict], train_seconds: float) -> None
     atomic_write_text(out / "history.csv", table.to_csv(index=False))
     meta_path = out / "meta.json"
     if meta_path.exists():  # training time so far, without touching the hashed artifact
-        from featlab.fileio import atomic_write_json, read_json
-
         atomic_write_json(meta_path, {**read_json(meta_path), "train_seconds": train_seconds,
                                       "epochs_done": int(table.epoch.max())})
     import matplotlib

@@ -36,9 +36,9 @@ def _svm_parameters(pipeline) -> int:
     total = 0
     for _, step in pipeline.steps:
         for attr in ("mean_", "scale_", "components_", "support_vectors_", "dual_coef_", "coef_", "intercept_",
-                     "component_indices_", "normalization_"):
+                     "normalization_"):
             value = getattr(step, attr, None)
-            if isinstance(value, np.ndarray) and attr != "component_indices_":
+            if isinstance(value, np.ndarray):
                 total += value.size
     return int(total)
 

@@ -94,7 +94,8 @@ class ImageTensors(Dataset):
             return i, torch.zeros((3, crop, crop), dtype=torch.uint8), str(error)
 
 
-def _collate(items):
+def collate_images(items):
+    """Collate (index, uint8 tensor, reason) items into (indices, batch, reasons)."""
     indices = torch.tensor([i for i, _, _ in items])
     return indices, torch.stack([t for _, t, _ in items]), [r for _, _, r in items]
 
@@ -252,7 +253,7 @@ def extract_manifest(
             ImageTensors(paths, extractor.backbone.preprocessing),
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate_images,
             pin_memory=extractor.torch_device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers else None,

@@ -79,3 +79,14 @@ def test_compare_rejects_mismatched_splits(synth_root, tmp_path):
         compare_reports(reports)
     cli = runner.invoke(app, ["compare", str(work / "reports/c-test.json"), str(work / "reports/c-valid.json")])
     assert cli.exit_code == 1 and "refusing to compare" in cli.output
+
+
+def test_broken_training_image_is_left_out(synth_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "train" / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    folder = train_cnn(TrainConfig(**{**TINY, "epochs": 1}), root, tmp_path / "m", progress=False)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["n_train"] == 32  # 16 real + 16 fake, the broken file quarantined
