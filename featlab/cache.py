@@ -139,13 +139,22 @@ class EmbeddingCache:
             raise FeatlabError(f"{len(missing)} image(s) have no cached embedding in {self.folder}; run featlab extract")
         if len(hashes) == 0:
             return np.zeros((0, int(self.meta.get("embed_dim", 0))), dtype=np.float32)
-        rows = []
-        for digest in hashes:
+        # One fancy-indexed read per shard rather than one Python-level copy per row.
+        by_shard: dict[Path, tuple[list[int], list[int]]] = {}
+        for position, digest in enumerate(hashes):
             array_file, row = locations[digest]
+            targets, rows = by_shard.setdefault(array_file, ([], []))
+            targets.append(position)
+            rows.append(row)
+        out = None
+        for array_file, (targets, rows) in by_shard.items():
             if array_file not in self._arrays:
                 self._arrays[array_file] = np.load(array_file, mmap_mode="r")
-            rows.append(self._arrays[array_file][row])
-        return np.stack(rows).astype(np.float32, copy=False)
+            block = self._arrays[array_file][rows]
+            if out is None:
+                out = np.empty((len(hashes), block.shape[1]), dtype=np.float32)
+            out[targets] = block
+        return out
 
     # ---------------------------------------------------------------- failures
     def record_failures(self, failures: list[dict]) -> None:

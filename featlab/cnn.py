@@ -368,14 +368,7 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
                  device: str = "auto"):
-    from featlab.report import (
-        build_report,
-        is_synthetic,
-        report_paths,
-        save_report,
-        split_fingerprint,
-        write_plots,
-    )
+    from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 
     model, prep, meta, torch_device = load_cnn(model_folder, device)
     root = str(Path(data_root or meta["data_root"]).resolve())
@@ -401,11 +394,8 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
                "params": {"config": meta["config"], "best_epoch": meta["best_epoch"],
                           "best_valid_auc": meta["best_valid_auc"]},
                "seed": int(meta["seed"])},
-        data={"root": str(root), "split": split, "n_images": int(ok.sum()), "n_real": int((y == 0).sum()),
-              "n_fake": int((y == 1).sum()),
-              "split_fingerprint": split_fingerprint(list(rows.sha256[ok]), list(y)),
-              "synthetic": is_synthetic(root), "n_train": meta["n_train"], "n_valid": meta["n_valid"],
-              "skipped": [{"path": p, "reason": r} for p, r in zip(rows.path, reasons) if r]},
+        data=data_section(root, split, list(rows.sha256[ok]), y, n_train=meta["n_train"], n_valid=meta["n_valid"],
+                          skipped=[{"path": p, "reason": r} for p, r in zip(rows.path, reasons) if r]),
         metrics=metrics,
         costs={"train_seconds": float(meta.get("train_seconds", 0.0)),
                "inference_images_per_s": float(len(rows) / seconds),

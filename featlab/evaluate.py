@@ -16,7 +16,7 @@ from featlab.errors import FeatlabError
 from featlab.extract import Extractor, extract_manifest
 from featlab.metrics import binary_metrics
 from featlab.modelfile import read_model_meta
-from featlab.report import build_report, is_synthetic, report_paths, save_report, split_fingerprint, write_plots
+from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 from featlab.specs import RANDOM_WEIGHTS
 from featlab.svm import cache_for_model, load_svm
 from featlab.workspace import Workspace
@@ -96,17 +96,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
                        "selection": meta["selection"], "selection_score_balanced_accuracy": meta["selection_score_balanced_accuracy"]},
             "seed": int(meta["seed"]),
         },
-        data={
-            "root": data_root,
-            "split": split,
-            "n_images": int(len(y)),
-            "n_real": int((y == 0).sum()),
-            "n_fake": int((y == 1).sum()),
-            "split_fingerprint": split_fingerprint(list(index.sha256), list(y)),
-            "synthetic": is_synthetic(data_root) if data_root else False,
-            "n_train": meta["n_train"],
-            "n_valid": meta["n_valid"],
-        },
+        data=data_section(data_root, split, list(index.sha256), y, n_train=meta["n_train"], n_valid=meta["n_valid"]),
         metrics=metrics,
         costs={
             "train_seconds": float(meta["train_seconds"]),

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -129,7 +128,6 @@ class Extractor:
     device: str = "auto"
     precision: str = "auto"
     engine: str = "auto"
-    run: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.torch_device = resolve_device(self.device)

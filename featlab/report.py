@@ -80,6 +80,21 @@ def validate_report(report: dict) -> dict:
     return report
 
 
+def data_section(root: str, split: str, hashes: list[str], labels: np.ndarray, **extra) -> dict:
+    """The ``data`` block of a report: what was evaluated, identified by content and labels."""
+    labels = np.asarray(labels)
+    return {
+        "root": str(root),
+        "split": split,
+        "n_images": int(len(labels)),
+        "n_real": int((labels == 0).sum()),
+        "n_fake": int((labels == 1).sum()),
+        "split_fingerprint": split_fingerprint(list(hashes), list(labels)),
+        "synthetic": is_synthetic(root) if root else False,
+        **extra,
+    }
+
+
 def build_report(model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None) -> dict:
     report = {
         "schema": SCHEMA,
