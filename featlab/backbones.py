@@ -41,6 +41,25 @@ def _tv_preprocessing(weights) -> Preprocessing:
     )
 
 
+_RESNET_STAGES = {18: (64, 128, 256, 512), 34: (64, 128, 256, 512), 50: (256, 512, 1024, 2048)}
+_DENSENET_STAGES = {
+    121: (256, 512, 1024, 1024),
+    161: (384, 768, 2112, 2208),
+    169: (256, 512, 1280, 1664),
+    201: (256, 512, 1792, 1920),
+}
+
+
+def _stages(name: str) -> dict[str, tuple[str, int]]:
+    """Stage outputs a feature recipe can tap: ResNet ``layer1..4``, DenseNet ``denseblock1..4``."""
+    depth = int("".join(c for c in name if c.isdigit()))
+    if name.startswith("resnet"):
+        widths = _RESNET_STAGES.get(depth, _RESNET_STAGES[50])
+        return {f"layer{i + 1}": (f"layer{i + 1}", w) for i, w in enumerate(widths)}
+    widths = _DENSENET_STAGES[depth]
+    return {f"denseblock{i + 1}": (f"features.denseblock{i + 1}", w) for i, w in enumerate(widths)}
+
+
 def _tv_entry(name: str, weights, head: str, dim: int) -> BackboneSpec:
     builder = getattr(torchvision.models, name)
     return BackboneSpec(
@@ -51,6 +70,7 @@ def _tv_entry(name: str, weights, head: str, dim: int) -> BackboneSpec:
         head=head,
         weights=weights,
         description=f"torchvision {name}, {weights} (ImageNet-1k)",
+        stages=_stages(name),
     )
 
 

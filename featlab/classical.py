@@ -17,7 +17,7 @@ Solvers:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -75,12 +75,18 @@ def parse_grid(value: str | float | None, name: str, allow_words: tuple[str, ...
     return items
 
 
-def check_pca(pca: int | float | None, n_samples: int, n_features: int) -> None:
-    if isinstance(pca, int) and pca > min(n_samples, n_features):
-        raise FeatlabError(
-            f"--pca {pca} is larger than the data allows: at most min(train images {n_samples}, "
-            f"embedding dim {n_features}) = {min(n_samples, n_features)} components"
-        )
+def fit_pca_size(pca: int | float | None, n_samples: int, n_features: int) -> tuple[int | float | None, str]:
+    """The PCA size to use on ``n_samples`` x ``n_features`` training data, and a note when it was capped.
+
+    PCA cannot have more components than min(samples, features); a whole-number request above
+    that is capped to the limit (so the default 256 works on small training sets) and the note
+    says so, for the model's metadata and the user.
+    """
+    limit = min(n_samples, n_features)
+    if isinstance(pca, int) and pca > limit:
+        return limit, (f"PCA {pca} capped to {limit} components: at most min(training images {n_samples}, "
+                       f"embedding dim {n_features})")
+    return pca, ""
 
 
 def build_pipeline(
@@ -144,6 +150,7 @@ class FitResult:
     selection_score: float  # balanced accuracy of the chosen candidate on the selection data
     fit_seconds: float  # final refit on train
     search_seconds: float
+    notes: list[str] = field(default_factory=list)  # adjustments made to the request (e.g. PCA capped)
 
 
 def fit_svm(
@@ -176,7 +183,10 @@ def fit_svm(
     """
     if len(np.unique(y_train)) < 2:
         raise FeatlabError("the train split needs both real and fake images")
-    check_pca(pca, len(X_train), X_train.shape[1])
+    # The smallest set PCA is fitted on: train (valid selection) or 4/5 of it (5-fold CV).
+    has_valid = X_valid is not None and len(X_valid) and len(np.unique(y_valid)) == 2
+    fit_rows = len(X_train) if has_valid else len(X_train) * 4 // 5
+    pca, pca_note = fit_pca_size(pca, fit_rows, X_train.shape[1])
     C = C or [1.0]
     gamma = gamma or ["scale"]
     n_kernel = min(1000, len(X_train))
@@ -194,7 +204,7 @@ def fit_svm(
         search = pd.DataFrame([{**best, "score": np.nan}])
         selection, selection_score = "single candidate (no search)", float("nan")
     else:
-        if X_valid is not None and len(X_valid) and len(np.unique(y_valid)) == 2:
+        if has_valid:
             X_all = np.concatenate([X_train, X_valid])
             y_all = np.concatenate([y_train, y_valid])
             cv = PredefinedSplit(np.r_[np.full(len(X_train), -1), np.zeros(len(X_valid))])
@@ -226,6 +236,7 @@ def fit_svm(
         selection_score=selection_score,
         fit_seconds=time.perf_counter() - start,
         search_seconds=search_seconds,
+        notes=[pca_note] if pca_note else [],
     )
 
 

@@ -156,22 +156,32 @@ def extract(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on CPUs with <= 4 cores, up to 8 with CUDA)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    layers: str = typer.Option(
+        "auto", "--layers", help="Comma-separated stages to pool (see 'featlab backbones'), 'pool' for the "
+        "backbone's classic pooled embedding, or auto (the two middle stages: featlab's default)."),
+    pooling: str | None = typer.Option(None, "--pooling", help="avg, avg+std (default) or gem."),
+    view: str | None = typer.Option(None, "--view", help="native (default: centre crop of the image's own "
+                                    "pixels, no resampling), crop (the weights' resize + crop) or full."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Average with the mirrored image (2x cost)."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Run a pretrained backbone over every image of every split and cache the embeddings.
 
     Re-running computes only images whose content is not cached yet; a killed run resumes.
     """
-    from featlab.backbones import resolve_auto
+    from featlab.backbones import get_spec, resolve_auto
     from featlab.extract import extract_dataset
+    from featlab.recipe import parse_recipe
 
     ws = _workspace(workdir)
     name, reason = resolve_auto(backbone)
     if reason:
         typer.echo(f"backbone: {name} ({reason})")
+    recipe = parse_recipe(get_spec(name), layers, pooling, view, flip)
+    typer.echo(f"features: {recipe.describe()}")
     result = extract_dataset(
         data, ws.features, backbone=name, weights=weights, device=device, precision=precision, engine=engine,
-        batch_size=batch_size, num_workers=workers, progress=progress,
+        batch_size=batch_size, num_workers=workers, progress=progress, recipe=recipe,
     )
     meta = result.cache.meta
     usable = int((result.manifest.status == "ok").sum())
@@ -200,6 +210,8 @@ def list_backbones() -> None:
             f"{spec.name:<18} dim={spec.embed_dim:<5} resize={p.resize}({p.resize_mode}) crop={p.crop} "
             f"{'BGR' if p.bgr else 'RGB'}  weights: {where}"
         )
+        stages = ", ".join(f"{name}({channels})" for name, (_, channels) in spec.stages.items())
+        typer.echo(f"{'':<18} stages: {stages}")
 
 
 @app.command("fit-svm")
@@ -239,6 +251,8 @@ def fit_svm_command(
         class_weight=class_weight, probability=probability, solver=solver,
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     typer.echo(
         f"chosen {result.best_params} by {result.selection} (balanced accuracy {result.selection_score:.4f}); "
         f"fit {result.fit_seconds:.1f} s, search {result.search_seconds:.1f} s"

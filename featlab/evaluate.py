@@ -15,6 +15,7 @@ from featlab.data import scan_images
 from featlab.errors import FeatlabError
 from featlab.extract import Extractor, extract_manifest
 from featlab.metrics import binary_metrics
+from featlab.recipe import FeatureRecipe
 from featlab.modelfile import read_model_meta
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 from featlab.specs import RANDOM_WEIGHTS
@@ -129,7 +130,8 @@ def predict_paths(
         return predict_cnn(model, manifest, batch_size=batch_size, device=device)
     backbone = load_backbone(meta["backbone"], _weights_argument(meta["weights_info"]))
     extraction = meta["extraction"]
-    extractor = Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"])
+    extractor = Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"],
+                          recipe=FeatureRecipe.from_dict(extraction.get("recipe")))
     result = extract_manifest(manifest, extractor, workspace.features, batch_size=batch_size, progress=progress,
                               write_index=False)
     svm = load_svm(model, result.cache)

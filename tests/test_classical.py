@@ -34,10 +34,13 @@ def test_pipeline_shape():
     assert [n for n, _ in build_pipeline(solver="nystroem").steps] == ["scale", "pca", "kmap", "clf"]
 
 
-def test_pca_larger_than_data_is_refused(data):
+def test_pca_larger_than_data_is_capped_and_said(data):
     X, y, Xv, yv = data
-    with pytest.raises(FeatlabError, match=r"--pca 256 is larger than the data allows: .* = 40"):
-        fit_svm(X, y, Xv, yv, pca=256)
+    result = fit_svm(X, y, Xv, yv, pca=256, n_jobs=1)
+    assert result.pipeline.named_steps["pca"].n_components_ == min(len(X), X.shape[1])
+    assert result.notes and "PCA 256 capped to" in result.notes[0]
+    no_valid = fit_svm(X, y, pca=256, C=[0.1, 1.0], n_jobs=1)  # 5-fold CV fits PCA on 4/5 of train
+    assert no_valid.pipeline.named_steps["pca"].n_components_ == min(len(X) * 4 // 5, X.shape[1])
 
 
 def test_selection_on_valid_then_refit_on_train(data):

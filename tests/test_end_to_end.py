@@ -99,11 +99,13 @@ def test_wrong_backbone_model_refused(fitted, synth_root):
     assert ambiguous.exit_code == 1 and "pass --backbone" in ambiguous.output
 
 
-def test_pca_too_large_is_a_clear_cli_error(fitted):
+def test_default_pca_on_a_small_train_set_is_capped_and_said(fitted):
     work, _ = fitted
-    result = runner.invoke(app, ["fit-svm", "--pca", "256", "--backbone", "resnet18", "--workdir", str(work)])
-    assert result.exit_code == 1
-    assert "--pca 256 is larger than the data allows" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["fit-svm", "--backbone", "resnet18", "--workdir", str(work), "--name", "capped",
+                                 "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "PCA 256 capped to 32 components" in result.output
+    assert read_model_meta(work / "models" / "capped")["pca"]["components"] == 32
 
 
 def test_report_schema_rejects_broken_reports(fitted):
