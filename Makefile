@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test bench lint clean
+.PHONY: setup test bench bench-quality lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ test:
 
 bench:
 	$(PY) tests/benchmarks/run_all.py
+
+# Results on real faces (../shared/faces): writes docs/results.md. Long (about 30 min on 2 cores): run it alone.
+bench-quality:
+	$(PY) tests/benchmarks/bench_quality.py
 
 lint:
 	$(VENV)/bin/ruff check featlab data_prep tests

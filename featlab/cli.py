@@ -281,7 +281,18 @@ def train_cnn_command(
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or step."),
-    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the new head for the first N epochs."),
+    freeze_epochs: int = typer.Option(2, "--freeze-epochs", min=0,
+                                      help="Train only the new head for the first N epochs."),
+    head_layers: str = typer.Option(
+        "auto", "--head-layers", help="What the new head sees: pool (the backbone's pooled output), auto (the "
+        "SVM family's default stages, mean+std pooled) or stage names."),
+    view: str | None = typer.Option(None, "--view", help="native (default for pretrained archs: no resampling), "
+                                    "crop or full."),
+    backbone_lr_scale: float = typer.Option(
+        1e-3, "--backbone-lr-scale", min=0.0, help="Pretrained layers: each weight tensor's learning rate is this "
+        "times its RMS size (open_nsfw's folded batch norm makes layer scales differ 1000-fold)."),
+    warmup_steps: int = typer.Option(50, "--warmup-steps", min=0, help="Linear warm-up after unfreezing."),
+    clip_grad: float = typer.Option(1.0, "--clip-grad", min=0.0, help="Max gradient norm (0 = off)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Override resize/crop (e.g. 64 for quick runs)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16/fp16 autocast (mixed precision)."),
     patience: int = typer.Option(3, "--patience", help="Early stopping: epochs without a better valid ROC-AUC."),
@@ -308,7 +319,9 @@ def train_cnn_command(
     config = TrainConfig(
         arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, image_size=image_size,
-        precision=precision, patience=patience, seed=seed, workers=workers, device=device,
+        precision=precision, patience=patience, seed=seed, workers=workers, device=device, view=view,
+        head_layers=head_layers, backbone_lr_scale=backbone_lr_scale, warmup_steps=warmup_steps,
+        clip_grad=clip_grad or None,
         augment=Augment(flip=flip, crop_scale=crop_scale, color_jitter=color_jitter, jpeg_prob=jpeg_prob,
                         blur_prob=blur_prob),
     )
@@ -389,6 +402,50 @@ def compare(
     md, page, markdown = write_comparison(load_reports(paths), out or ws.reports)
     typer.echo(markdown)
     typer.echo(f"written: {md}, {page}")
+
+
+@app.command()
+@_friendly
+def benchmark(
+    data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default <workdir>/benchmark)."),
+    backbones: str = typer.Option("auto", "--backbones", help="Comma-separated backbones for the SVM family."),
+    recipes: str = typer.Option(
+        "", "--recipes", help="Feature recipes to compare on valid, ';'-separated, each "
+        "layers[:pooling[:view[:flip]]], e.g. 'pool;layer3:avg+std;layer2,layer3:avg+std:native:flip'."),
+    archs: str = typer.Option("resnet50-opennsfw", "--archs", help="Comma-separated CNN archs ('' for none)."),
+    pca: str = typer.Option("256", "--pca"),
+    c: str = typer.Option("0.1,1,10", "--C"),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    freeze_epochs: int = typer.Option(2, "--freeze-epochs", min=0),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    image_size: int | None = typer.Option(None, "--image-size"),
+    precision: str = typer.Option("auto", "--precision", help="CNN training precision: auto, fp32, bf16, fp16."),
+    seed: int = typer.Option(0, "--seed"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Run the whole comparison (extract -> fit-svm -> train-cnn -> evaluate -> compare) into one report folder."""
+    from featlab.backbones import get_spec, resolve_auto
+    from featlab.benchmark import BenchmarkSettings, run_benchmark
+    from featlab.classical import parse_grid, parse_pca
+    from featlab.recipe import parse_recipe_list
+
+    ws = _workspace(workdir)
+    names = [b.strip() for b in backbones.split(",") if b.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one backbone", param_hint="--backbones")
+    first = get_spec(resolve_auto(names[0])[0])
+    settings = BenchmarkSettings(
+        backbones=names, recipes=[r.as_dict() for r in parse_recipe_list(first, recipes)],
+        archs=[a.strip() for a in archs.split(",") if a.strip()], pca=parse_pca(pca), C=parse_grid(c, "C"),
+        epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+        precision=precision, seed=seed,
+    )
+    summary = run_benchmark(data, out or ws.root / "benchmark", ws, settings, progress=progress, echo=typer.echo)
+    typer.echo(f"written: {Path(summary['comparison']['html']).parent} (results.md, comparison.html, benchmark.json) "
+               f"in {summary['wall_seconds'] / 60:.1f} min")
 
 
 def main() -> None:

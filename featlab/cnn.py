@@ -41,6 +41,7 @@ from featlab.extract import ImageTensors, autocast_context, collate_images, reso
 from featlab.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from featlab.metrics import binary_metrics
 from featlab.modelfile import save_model_folder, verified_artifact
+from featlab.recipe import LayerTap, parse_recipe
 from featlab.specs import Preprocessing
 from featlab.versions import library_versions, utc_now
 
@@ -68,12 +69,16 @@ class CustomCNN(nn.Module):
 
 
 class FineTuned(nn.Module):
-    """A pretrained embedding network with a new one-logit head."""
+    """A pretrained embedding network with a new one-logit head.
 
-    def __init__(self, features: nn.Module, dim: int) -> None:
+    ``standardize`` puts a BatchNorm1d before the linear layer: pooled statistics of several
+    stages differ in scale by orders of magnitude, and the head must see them on one scale.
+    """
+
+    def __init__(self, features: nn.Module, dim: int, standardize: bool = False) -> None:
         super().__init__()
         self.features = features
-        self.head = nn.Linear(dim, 1)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, 1)) if standardize else nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -82,8 +87,16 @@ class FineTuned(nn.Module):
 CUSTOM_PREPROCESSING = Preprocessing(resize=128, crop=128, mean=(127.5,) * 3, std=(127.5,) * 3)
 
 
-def build_model(arch: str, weights: str, image_size: int | None = None) -> tuple[nn.Module, Preprocessing, dict]:
-    """(model, preprocessing, weights info) for an architecture; ``image_size`` overrides resize/crop."""
+def build_model(
+    arch: str, weights: str, image_size: int | None = None, view: str | None = None, head_layers: str | None = "pool",
+) -> tuple[nn.Module, Preprocessing, dict]:
+    """(model, preprocessing, weights info) for an architecture.
+
+    ``image_size`` overrides resize/crop; ``view`` (see :data:`featlab.specs.VIEWS`) the geometry,
+    by default ``native`` (no resampling) for pretrained archs and ``crop`` for ``custom``.
+    ``head_layers`` is what the new head sees: ``pool`` (the backbone's pooled output), ``auto``
+    (the stages and pooling of the default feature recipe, as the SVM family) or stage names.
+    """
     if arch not in ARCHS:
         raise FeatlabError(f"--arch must be one of {', '.join(ARCHS)}")
     if arch == "custom":
@@ -92,10 +105,22 @@ def build_model(arch: str, weights: str, image_size: int | None = None) -> tuple
         info = {"source": "none (trained from scratch)", "fingerprint": "custom", "pretrained": False, "file": None}
     else:
         backbone = load_backbone(arch, weights)
-        model, prep, info = FineTuned(backbone.model, BACKBONES[arch].embed_dim), backbone.preprocessing, backbone.weights
+        recipe = parse_recipe(backbone.spec, head_layers or "pool")
+        if recipe.is_classic:
+            model = FineTuned(backbone.model, BACKBONES[arch].embed_dim)
+        else:
+            model = FineTuned(LayerTap(backbone.model, backbone.spec, recipe), recipe.dim(backbone.spec), standardize=True)
+        prep, info = backbone.preprocessing, backbone.weights
     if image_size:
         prep = Preprocessing(**{**asdict(prep), "resize": image_size, "crop": image_size})
+    prep = prep.with_view(view or default_view(arch))
     return model, prep, info
+
+
+def default_view(arch: str) -> str:
+    """Pretrained archs see the image's own pixels (resampling smooths away generator traces);
+    the small custom CNN sees the whole face resized to its 128 px input."""
+    return "crop" if arch == "custom" else "native"
 
 
 # ------------------------------------------------------------------------ data
@@ -130,7 +155,13 @@ class TrainImages(Dataset):
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=rng.randint(30, 100))
             image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-        if a.crop_scale < 1:
+        if self.prep.resize_mode == "none":  # native view: a random crop-sized window, no resampling
+            w, h = image.size
+            side = self.prep.crop
+            if min(w, h) > side:
+                x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+                image = image.crop((x, y, x + side, y + side))
+        elif a.crop_scale < 1:
             w, h = image.size
             s = rng.uniform(a.crop_scale, 1.0)
             cw, ch = max(1, int(w * s)), max(1, int(h * s))
@@ -160,7 +191,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"
-    freeze_epochs: int = 0
+    freeze_epochs: int = 2
     image_size: int | None = None
     precision: str = "fp32"
     patience: int = 3
@@ -168,14 +199,32 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     augment: Augment = field(default_factory=Augment)
+    view: str | None = None  # None: default_view(arch)
+    # Pretrained layers take steps relative to their own size: each weight tensor's learning rate is
+    # backbone_lr_scale x its RMS magnitude at the start (a LARS-style trust ratio), the new head's is lr.
+    backbone_lr_scale: float = 1e-3
+    clip_grad: float | None = 1.0  # max gradient norm (None: off)
+    warmup_steps: int = 50  # linear warm-up after the backbone is unfrozen (0: off)
+    head_layers: str = "auto"  # what the head sees: pool, auto (the SVM's default stages) or stage names
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = list(model.parameters())
+    if isinstance(model, FineTuned):
+        # open_nsfw has its batch norm folded into the convolutions, so weight scales differ 1000-fold
+        # between layers (first conv RMS 5e-4, late 1x1 convs 0.4): one Adam step size that suits the
+        # head wipes out the first layers (measured: full fine-tuning at 1e-4 stays at chance). Each
+        # pretrained tensor therefore gets a step proportional to its own magnitude.
+        groups = [
+            {"params": [p], "lr": config.backbone_lr_scale * max(float(p.detach().float().pow(2).mean().sqrt()), 1e-8)}
+            for p in model.features.parameters()
+        ]
+        groups.append({"params": list(model.head.parameters()), "lr": config.lr})
+    else:
+        groups = [{"params": list(model.parameters()), "lr": config.lr}]
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     raise FeatlabError("--optimizer must be adamw or sgd")
 
 
@@ -236,7 +285,8 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         raise FeatlabError(f"{data_root}: the train split needs real and fake images")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    model, prep, weights_info = build_model(config.arch, config.weights, config.image_size)
+    model, prep, weights_info = build_model(config.arch, config.weights, config.image_size, config.view,
+                                            config.head_layers)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(config, model)
     scheduler = _scheduler(config, optimizer)
@@ -270,8 +320,15 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
                             num_workers=config.workers, drop_last=len(train) > config.batch_size)
         model.train()
         losses = []
+        warmup = min(config.warmup_steps, len(loader)) if isinstance(model, FineTuned) else 0  # at most one epoch
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
+            # Linear warm-up of every learning rate over the first steps after the backbone is
+            # unfrozen: Adam's first updates are full-size whatever the gradient, and a pretrained
+            # network loses its features to them. Depends only on (epoch, step): resume-exact.
+            done = (epoch - config.freeze_epochs) * len(loader) + step if epoch >= config.freeze_epochs else -1
+            warm = 1.0 if done < 0 or done >= warmup else (done + 1) / (warmup + 1)
+            scheduled = [group["lr"] for group in optimizer.param_groups]
             x = prep.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
             y = labels.float().to(device)
             with autocast_context(precision, device):
@@ -279,7 +336,13 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            for group, lr in zip(optimizer.param_groups, scheduled):
+                group["lr"] = lr * warm
             optimizer.step()
+            for group, lr in zip(optimizer.param_groups, scheduled):
+                group["lr"] = lr
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         scheduler.step()
@@ -321,8 +384,11 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         atomic_write(state_file, lambda h, st=training_state: torch.save(st, h))
         _write_history(out, history, train_seconds)
         epochs_run += 1
-        if stop_after is not None and epochs_run >= stop_after:
-            break
+        if stop_after is not None and epochs_run >= stop_after and epoch + 1 < config.epochs:
+            return out  # deliberately stopped early (tests of resume): not finished
+    meta_path = out / "meta.json"
+    if meta_path.exists():  # training ended (all epochs or early stopping): the folder is complete
+        atomic_write_json(meta_path, {**read_json(meta_path), "finished": True})
     return out
 
 
@@ -358,7 +424,7 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
         raise FeatlabError(f"{folder} is not a CNN model folder")
     arch = meta["arch"]
     structure_weights = "default" if arch == "resnet50-opennsfw" else "none"
-    model, _, _ = build_model(arch, structure_weights, None)
+    model, _, _ = build_model(arch, structure_weights, None, head_layers=meta["config"].get("head_layers", "pool"))
     model.load_state_dict(torch.load(artifact, map_location="cpu", weights_only=True), strict=True)
     prep = Preprocessing(**{**meta["preprocessing"], "mean": tuple(meta["preprocessing"]["mean"]),
                             "std": tuple(meta["preprocessing"]["std"])})
@@ -367,7 +433,9 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
 
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", groups_csv: str | None = None):
+    from featlab.groups import find_groups, groups_for
+    from featlab.metrics import group_metrics
     from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 
     model, prep, meta, torch_device = load_cnn(model_folder, device)
@@ -384,6 +452,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
     y = rows.label.to_numpy()[ok]
     metrics = binary_metrics(y, scores[ok], 0.0)
     metrics["score_kind"] = "logit"
+    groups = group_metrics(y, scores[ok], 0.0, groups_for(list(rows.path[ok]), find_groups(root, groups_csv)))
     name = Path(model_folder).name
     json_path, plot_dir = report_paths(workspace.reports, name, split)
     plot_files = write_plots(plot_dir, y, scores[ok], metrics["confusion_matrix"], name) if plots else {}
@@ -402,6 +471,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
                "inference_note": f"end to end (decode + forward, batch 32, {precision}) on {torch_device}",
                "model_bytes": int(meta["bytes"]), "parameters": int(meta["parameters"])},
         plots=plot_files,
+        groups=groups,
     )
     save_report(report, json_path)
     return report, json_path

@@ -14,9 +14,10 @@ from featlab.backbones import load_backbone
 from featlab.data import scan_images
 from featlab.errors import FeatlabError
 from featlab.extract import Extractor, extract_manifest
-from featlab.metrics import binary_metrics
-from featlab.recipe import FeatureRecipe
+from featlab.groups import find_groups, groups_for
+from featlab.metrics import binary_metrics, group_metrics
 from featlab.modelfile import read_model_meta
+from featlab.recipe import FeatureRecipe
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 from featlab.specs import RANDOM_WEIGHTS
 from featlab.svm import cache_for_model, load_svm
@@ -46,9 +47,11 @@ def _svm_parameters(pipeline) -> int:
 
 def evaluate_model(
     model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
-    data_root: str | None = None, device: str = "auto",
+    data_root: str | None = None, device: str = "auto", groups_csv: str | None = None,
 ) -> tuple[dict, Path]:
     """Write the common JSON report (and plots) for a model folder on one split.
+
+    Metrics are also broken down by group (:mod:`featlab.groups`; ``groups_csv`` adds ``path,group`` rows).
 
     Returns
     -------
@@ -58,11 +61,13 @@ def evaluate_model(
     if meta.get("kind") == "cnn":
         from featlab.cnn import evaluate_cnn
 
-        return evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device)
-    return evaluate_svm(model, workspace, split=split, plots=plots)
+        return evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
+                            groups_csv=groups_csv)
+    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv)
 
 
-def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True):
+def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
+                 groups_csv: str | None = None):
     meta = read_model_meta(model)
     cache = cache_for_model(meta, workspace.features)
     svm = load_svm(model, cache)
@@ -74,8 +79,10 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
     svm_seconds_per_image = (time.perf_counter() - start) / len(X)
     metrics = binary_metrics(y, score, threshold)
     metrics["score_kind"] = kind
-
     cmeta = cache.meta
+    known = find_groups(cmeta.get("data_root", ""), groups_csv) if cmeta.get("data_root") else {}
+    groups = group_metrics(y, score, threshold, groups_for(list(index.path), known))
+
     extract_rate = cmeta.get("extract_images_per_s")
     per_image = (1.0 / extract_rate if extract_rate else float("nan")) + svm_seconds_per_image
     model_bytes = meta["bytes"] + int(cmeta.get("backbone_bytes") or 0)
@@ -107,6 +114,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
             "parameters": int(_svm_parameters(svm.pipeline) + int(cmeta.get("backbone_parameters") or 0)),
         },
         plots=plot_files,
+        groups=groups,
     )
     save_report(report, json_path)
     return report, json_path

@@ -71,3 +71,42 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
         "n_real": int((y_true == 0).sum()),
         "n_fake": int((y_true == 1).sum()),
     }
+
+
+def group_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float, groups: list[list[str]]) -> list[dict]:
+    """Metrics per group of images (see :mod:`featlab.groups`), one dict per group, sorted by name.
+
+    A group holding both classes gets ROC-AUC, AP, EER and accuracies on its own images. A group
+    holding one class only (e.g. the fakes of one difficulty) is scored against **all** real images
+    of the evaluation set for ROC-AUC and AP (``scored_against`` says so), and by its accuracy at
+    the threshold (its recall when it holds fakes).
+    """
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=float)
+    names = sorted({name for names in groups for name in names})
+    rows = []
+    for name in names:
+        member = np.array([name in g for g in groups], dtype=bool)
+        y, s = y_true[member], score[member]
+        correct = (s >= threshold).astype(int) == y
+        row = {"group": name, "n": int(member.sum()), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
+               "accuracy": float(correct.mean())}
+        if len(np.unique(y)) == 2:
+            eer, _ = equal_error_rate(y, s)
+            row.update(roc_auc=float(skm.roc_auc_score(y, s)), average_precision=float(skm.average_precision_score(y, s)),
+                       eer=eer, real_accuracy=float(correct[y == 0].mean()), fake_accuracy=float(correct[y == 1].mean()),
+                       scored_against="its own images")
+        elif (y == 1).all() and (y_true == 0).any():
+            reals = y_true == 0
+            y_vs = np.r_[np.zeros(int(reals.sum()), dtype=int), y]
+            s_vs = np.r_[score[reals], s]
+            row.update(roc_auc=float(skm.roc_auc_score(y_vs, s_vs)),
+                       average_precision=float(skm.average_precision_score(y_vs, s_vs)), eer=None,
+                       real_accuracy=None, fake_accuracy=row["accuracy"],
+                       scored_against=f"all {int(reals.sum())} real images of the evaluation set (one-class group)")
+        else:
+            row.update(roc_auc=None, average_precision=None, eer=None,
+                       real_accuracy=row["accuracy"] if (y == 0).all() else None, fake_accuracy=None,
+                       scored_against="accuracy only (one-class group)")
+        rows.append(row)
+    return rows

@@ -176,3 +176,21 @@ class LayerTap(nn.Module):
         parts = [pooled_output.float() if name == POOL_LAYER else self._pooled[name] for name in self.recipe.layers]
         self._pooled = {}
         return torch.cat(parts, dim=1)
+
+
+def parse_recipe_list(spec: BackboneSpec, text: str) -> list[FeatureRecipe]:
+    """``"pool; layer3:avg+std; layer2,layer3:avg+std:native:flip"`` -> recipes.
+
+    Each item is ``layers[:pooling[:view[:flip]]]``; empty parts take the default's value.
+    """
+    recipes = []
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        fields = [f.strip() for f in item.split(":")]
+        if len(fields) > 4 or (len(fields) == 4 and fields[3] not in ("flip", "")):
+            raise FeatlabError(f"recipe {item!r}: expected layers[:pooling[:view[:flip]]]")
+        fields += [""] * (4 - len(fields))
+        layers, pooling, view, flip = fields
+        recipes.append(parse_recipe(spec, layers or "auto", pooling or None, view or None, flip == "flip"))
+    return recipes

@@ -95,7 +95,10 @@ def data_section(root: str, split: str, hashes: list[str], labels: np.ndarray, *
     }
 
 
-def build_report(model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None) -> dict:
+def build_report(
+    model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None, groups: list[dict] | None = None
+) -> dict:
+    """Assemble and validate a report; ``groups`` are per-group rows from :func:`featlab.metrics.group_metrics`."""
     report = {
         "schema": SCHEMA,
         "created": utc_now(),
@@ -106,6 +109,7 @@ def build_report(model: dict, data: dict, metrics: dict, costs: dict, plots: dic
         "metrics": metrics,
         "costs": costs,
         "plots": plots or {},
+        "groups": groups or [],
     }
     return validate_report(report)
 
@@ -195,6 +199,14 @@ def print_metrics(report: dict) -> str:
         f"per-class accuracy: real {fmt(m['per_class_accuracy']['real'])}  fake {fmt(m['per_class_accuracy']['fake'])}",
         f"confusion [[tn, fp], [fn, tp]] = {m['confusion_matrix']}",
     ]
+    groups = report.get("groups") or []
+    if groups:
+        lines.append("per group (one-class groups: ROC-AUC/AP against all real images, accuracy = recall):")
+        for g in groups:
+            lines.append(
+                f"  {g['group']:<20} n={g['n']:<5} roc_auc {fmt(g['roc_auc'])}  AP {fmt(g['average_precision'])}  "
+                f"accuracy {fmt(g['accuracy'])}"
+            )
     return "\n".join(lines)
 
 
@@ -247,6 +259,8 @@ def compare_reports(reports: list[dict]) -> pd.DataFrame:
             except (KeyError, TypeError):
                 value = None
             row[column] = np.nan if value is None else value
+        for group in r.get("groups") or []:
+            row[f"AUC {group['group']}"] = np.nan if group["roc_auc"] is None else group["roc_auc"]
         rows.append(row)
     return pd.DataFrame(rows)
 

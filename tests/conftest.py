@@ -20,3 +20,8 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture()
 def workdir(tmp_path) -> Path:
     return tmp_path / "work"
+
+
+REPO = Path(__file__).resolve().parents[1]
+#: The real 160-image sample the repo ships (140K Real and Fake Faces: FFHQ vs StyleGAN).
+REAL_SAMPLE = REPO / "data_prep" / "sample-faces"

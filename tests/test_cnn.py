@@ -90,3 +90,18 @@ def test_broken_training_image_is_left_out(synth_root, tmp_path):
     folder = train_cnn(TrainConfig(**{**TINY, "epochs": 1}), root, tmp_path / "m", progress=False)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["n_train"] == 32  # 16 real + 16 fake, the broken file quarantined
+
+
+def test_pretrained_recipe_learns_on_real_faces(tmp_path):
+    """The default fine-tuning recipe (head-only epoch, per-tensor relative steps, warm-up, clipping)
+    lowers the training loss of the real pretrained ResNet-50 on the shipped real faces."""
+    from .conftest import REAL_SAMPLE
+
+    config = TrainConfig(arch="resnet50-opennsfw", epochs=3, freeze_epochs=1, batch_size=20, lr=1e-3,
+                         precision="auto", patience=5, seed=0)
+    folder = train_cnn(config, REAL_SAMPLE, tmp_path / "m", progress=False)
+    history = np.genfromtxt(folder / "history.csv", delimiter=",", names=True)
+    assert len(history) == 3
+    assert history["train_loss"][-1] < history["train_loss"][0] - 0.02, history["train_loss"]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["finished"] is True and meta["preprocessing"]["resize_mode"] == "none"

@@ -169,13 +169,25 @@ def _empty(tmp_path):
     return tmp_path / "empty"
 
 
-def test_shipped_sample_is_valid_and_labelled_synthetic():
-    from pathlib import Path
+def test_shipped_real_sample_is_valid_real_and_matches_its_provenance():
+    import pandas as pd
 
+    from featlab.fileio import sha256_file
     from featlab.report import is_synthetic
 
-    sample = Path(__file__).resolve().parents[1] / "data_prep" / "sample-synthetic"
-    manifest = scan_dataset(sample)
-    assert (manifest.status == "ok").all()
-    assert summarize(manifest).loc["train", "real"] == 40
-    assert is_synthetic(sample)
+    from .conftest import REAL_SAMPLE
+
+    manifest = scan_dataset(REAL_SAMPLE)
+    assert (manifest.status == "ok").all() and len(manifest) == 160
+    counts = summarize(manifest)
+    assert counts.loc["train", "real"] == counts.loc["train", "fake"] == 50
+    assert counts.loc["test", "real"] == counts.loc["valid", "fake"] == 15
+    assert not is_synthetic(REAL_SAMPLE)
+    provenance = pd.read_csv(REAL_SAMPLE / "provenance.csv", dtype=str)
+    assert len(provenance) == 160 and set(provenance["transform"]) == {"original bytes"}
+    by_name = {(p.split("/")[-3], p.split("/")[-2], p.split("/")[-1]): h for p, h in zip(provenance.file, provenance.sha256)}
+    for path in manifest.path:
+        parts = tuple(path.split("/")[-3:])
+        assert sha256_file(path) == by_name[parts]
+    notice = (REAL_SAMPLE / "NOTICE.md").read_text()
+    assert "CC BY-NC-SA 4.0" in notice and "CC BY-NC 4.0" in notice

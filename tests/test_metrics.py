@@ -53,3 +53,30 @@ def test_single_class_gives_undefined_ranking_metrics():
     assert m["roc_auc"] is None and m["eer"] is None and m["per_class_accuracy"]["real"] is None
     assert m["recall"] == pytest.approx(2 / 3)
     assert math.isnan(equal_error_rate(np.array([0, 0]), np.array([0.1, 0.2]))[0])
+
+
+def test_group_metrics_against_hand_computed_values():
+    from featlab.metrics import group_metrics
+
+    # images:     r1    r2    f1    f2    r3    f3 (easy)  f4 (hard)
+    y = np.array([0, 0, 1, 1, 0, 1, 1])
+    s = np.array([0.1, 0.6, 0.7, 0.2, 0.3, 0.9, 0.4])
+    groups = [["source=a"], ["source=a"], ["source=a"], ["source=a"], ["source=b"],
+              ["source=b", "difficulty=easy"], ["source=b", "difficulty=hard"]]
+    rows = {r["group"]: r for r in group_metrics(y, s, 0.5, groups)}
+    assert list(rows) == ["difficulty=easy", "difficulty=hard", "source=a", "source=b"]
+    a = rows["source=a"]
+    # reals 0.1, 0.6; fakes 0.7, 0.2: pairs right (0.7>0.1), (0.7>0.6), (0.2>0.1); wrong (0.2<0.6) -> 3/4
+    assert a["roc_auc"] == pytest.approx(0.75)
+    # predictions at 0.5: r1 ok, r2 wrong, f1 ok, f2 wrong
+    assert (a["accuracy"], a["real_accuracy"], a["fake_accuracy"]) == (0.5, 0.5, 0.5)
+    assert (a["n"], a["n_real"], a["n_fake"]) == (4, 2, 2)
+    b = rows["source=b"]
+    assert b["roc_auc"] == pytest.approx(1.0) and b["accuracy"] == pytest.approx(2 / 3)
+    hard = rows["difficulty=hard"]  # one fake (0.4) against all three reals (0.1, 0.6, 0.3): 2 of 3 pairs right
+    assert hard["roc_auc"] == pytest.approx(2 / 3)
+    assert hard["fake_accuracy"] == 0.0 and hard["eer"] is None and "all 3 real images" in hard["scored_against"]
+    easy = rows["difficulty=easy"]  # 0.9 above every real
+    assert easy["roc_auc"] == 1.0 and easy["average_precision"] == 1.0 and easy["accuracy"] == 1.0
+    # ranking 0.6(R) 0.4(F) 0.3(R) 0.1(R) for the hard fake: AP = precision at its rank = 1/2
+    assert hard["average_precision"] == pytest.approx(0.5)

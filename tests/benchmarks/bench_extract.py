@@ -7,6 +7,10 @@ For each backbone x precision, on a generated set of JPEGs (256x256 by default):
 (c) a naive per-image loop: PIL -> torchvision transform -> model, batch 1, fp32, NCHW;
 (d) a second, fully cached run of (b).
 
+Each configuration runs with the classic embedding (last stage, average pool, standard crop)
+and with featlab's default multi-layer recipe (two middle stages, mean + std, native view);
+``multi_vs_pooled`` is the ratio of their end-to-end rates (target >= 0.9).
+
 Random weights are used for the torchvision models (speed does not depend on the values);
 resnet50-opennsfw runs its real weights, and also through onnxruntime.
 """
@@ -27,6 +31,7 @@ from PIL import Image
 from featlab.backbones import load_backbone
 from featlab.data import load_rgb, scan_dataset
 from featlab.extract import Extractor, extract_manifest
+from featlab.recipe import CLASSIC, default_recipe
 
 
 def make_jpegs(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:
@@ -43,7 +48,7 @@ def make_jpegs(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:
 
 
 def pure_forward(extractor: Extractor, batch: int, iters: int) -> float:
-    crop = extractor.backbone.preprocessing.crop
+    crop = extractor.preprocessing.crop
     x = torch.randint(0, 255, (batch, 3, crop, crop), dtype=torch.uint8)
     extractor(x)  # warm-up
     start = time.perf_counter()
@@ -78,10 +83,12 @@ def run(
             engines = [("torch", p) for p in precisions]
             if name == "resnet50-opennsfw":
                 engines.append(("onnxruntime", "fp32"))
-            for engine, precision in engines:
-                ex = Extractor(backbone, precision=precision, engine=engine)
+            for (engine, precision), (recipe_name, recipe) in (
+                (e, r) for e in engines for r in (("pooled", CLASSIC), ("multi-layer", default_recipe(backbone.spec)))
+            ):
+                ex = Extractor(backbone, precision=precision, engine=engine, recipe=recipe)
                 forward = pure_forward(ex, batch, forward_iters)
-                features = work / f"features-{name}-{engine}-{precision}"
+                features = work / f"features-{name}-{engine}-{precision}-{recipe_name}"
                 start = time.perf_counter()  # scan + hash + decode + forward + cache writes
                 first = extract_manifest(scan_dataset(data, check_images=False), ex, features, batch_size=batch,
                                          progress=False)
@@ -96,6 +103,7 @@ def run(
                     "model": name,
                     "engine": engine,
                     "precision": precision,
+                    "recipe": recipe_name,
                     "images": first.computed,
                     "forward_img_s": round(forward, 1),
                     "extract_img_s": round(extract_rate, 1),
@@ -106,6 +114,8 @@ def run(
                     "cached_run_s": round(cached_s, 3),
                     "cached_speedup": round(first_s / cached_s, 1),
                 }
+                if recipe_name == "multi-layer":
+                    row["multi_vs_pooled"] = round(extract_rate / rows[-1]["extract_img_s"], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 shutil.rmtree(features)
@@ -115,11 +125,11 @@ def run(
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
