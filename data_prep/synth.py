@@ -65,6 +65,11 @@ def make_synthetic_dataset(
     quality : JPEG quality.
     """
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        from featlab.errors import FeatlabError
+
+        raise FeatlabError(f"{root} exists and is not empty: synth writes only into a new or empty folder, so "
+                           "generated drawings are never mixed with real photos")
     per_class = per_class or {"train": 40, "valid": 12, "test": 12}
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():

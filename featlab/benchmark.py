@@ -32,6 +32,7 @@ from featlab.extract import Extractor, extract_manifest
 from featlab.fileio import atomic_write_json, atomic_write_text, read_json
 from featlab.groups import find_groups, groups_for
 from featlab.metrics import binary_metrics, group_metrics
+from featlab.modelfile import update_model_meta
 from featlab.recipe import FeatureRecipe, default_recipe
 from featlab.report import is_synthetic, write_comparison
 from featlab.versions import hardware, library_versions, utc_now
@@ -84,7 +85,7 @@ def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tu
         shutil.rmtree(folder)
     folder, _ = fit_from_cache(cache, ws.models, name=name, seed=settings.seed, n_jobs=settings.jobs,
                                pca=settings.pca, C=settings.C, gamma=settings.gamma)
-    atomic_write_json(meta_path, {**read_json(meta_path), "benchmark": wanted})
+    update_model_meta(folder, benchmark=wanted)
     return folder, False
 
 

@@ -19,6 +19,7 @@ ignorable orphan ``.npy`` that the next run removes and recomputes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,7 +73,6 @@ class EmbeddingCache:
         else:
             (cache.folder / "shards").mkdir(parents=True, exist_ok=True)
             atomic_write_json(meta_path, {"key": key, "config": config, **(extra_meta or {})})
-        cache.clean_orphans()
         return cache
 
     @property
@@ -86,7 +86,10 @@ class EmbeddingCache:
         atomic_write_json(self.folder / "meta.json", {**self.meta, **fields})
 
     def clean_orphans(self) -> None:
-        """Remove temp files and arrays whose shard was never committed (a killed run)."""
+        """Remove temp files and arrays whose shard was never committed (a killed run).
+
+        Call it only while holding :meth:`writer_lock`: another writer's half-written shard looks the same.
+        """
         shards = self.folder / "shards"
         for tmp in shards.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -94,6 +97,28 @@ class EmbeddingCache:
             if not array.with_suffix(".keys").exists():
                 log.info("removing uncommitted shard %s", array.name)
                 array.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def writer_lock(self):
+        """Hold the cache's writer lock (an advisory ``flock``) or fail at once with a clear error.
+
+        Two processes extracting into one cache would both compute and store the same images;
+        the second one is refused instead. The lock dies with its process (kill -9 included).
+        """
+        import fcntl
+
+        handle = open(self.folder / ".lock", "a+")  # noqa: SIM115 - closed in finally
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FeatlabError(
+                    f"another featlab process is writing {self.folder}; wait for it to finish and run again "
+                    "(what it stored is kept and will not be recomputed)"
+                ) from None
+            yield self
+        finally:
+            handle.close()
 
     # ---------------------------------------------------------------- shard I/O
     def _scan(self) -> dict[str, tuple[Path, int]]:

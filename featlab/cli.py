@@ -50,6 +50,13 @@ def _friendly(command):
                 log.exception("failed")
             typer.echo(f"featlab: error: {error}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                "featlab: interrupted. Everything already committed is kept: extracted embeddings (saved shard by "
+                "shard), finished models, and the last completed training epoch; run the same command again to "
+                "resume (train-cnn: add --resume).", err=True,
+            )
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -189,8 +196,9 @@ def extract(
     if not meta["weights_info"]["pretrained"]:
         typer.echo("WARNING: random weights (--weights none): these features prove plumbing only")
     typer.echo(
-        f"images {len(result.manifest)} (usable {usable}), computed {result.computed} in {result.seconds:.1f} s "
-        f"({result.images_per_second:.1f} img/s), cached {usable - result.computed}"
+        f"images {len(result.manifest)}: computed {result.computed} in {result.seconds:.1f} s "
+        f"({result.images_per_second:.1f} img/s), already cached {usable - result.computed}, "
+        f"skipped {len(result.quarantined)}"
     )
     for row in result.quarantined.itertuples():
         typer.echo(f"skipped: {row.path}: {row.reason}")
@@ -305,6 +313,7 @@ def train_cnn_command(
     workers: int = typer.Option(0, "--workers", min=0),
     device: str = typer.Option("auto", "--device"),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out from its last epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Fine-tune a CNN baseline on the same splits, then report on the test split."""
@@ -326,7 +335,7 @@ def train_cnn_command(
                         blur_prob=blur_prob),
     )
     folder = out or ws.models / f"cnn-{arch}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    train_cnn(config, data, folder, resume=resume)
+    train_cnn(config, data, folder, resume=resume, progress=progress)
     typer.echo(f"model: {folder}")
     if "test" in set(scan_dataset(data, check_images=False).split):
         report, path = evaluate_model(folder, ws, split="test", data_root=str(data), device=device)
@@ -342,6 +351,8 @@ def evaluate(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="ROC, PR, confusion and PCA scatter PNGs."),
     data: Path | None = typer.Option(None, "--data", help="Dataset root for a CNN (default: the one it trained on)."),
     device: str = typer.Option("auto", "--device"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (model.joblib: "
+                                      "a pickle, which runs code when loaded). Only for folders you made."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Evaluate a saved model (SVM or CNN) on a split: JSON report, terminal table and plots."""
@@ -351,7 +362,7 @@ def evaluate(
 
     ws = _workspace(workdir)
     report, path = evaluate_model(resolve_model(model, ws.models), ws, split=split, plots=plots,
-                                  data_root=str(data) if data else None, device=device)
+                                  data_root=str(data) if data else None, device=device, trust_pickle=trust_pickle)
     typer.echo(print_metrics(report))
     typer.echo(f"report: {path}")
 
@@ -364,6 +375,7 @@ def predict(
     out: Path | None = typer.Option(None, "--out", help="Write path,score,label CSV here."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal."""
@@ -371,7 +383,8 @@ def predict(
     from featlab.modelfile import resolve_model
 
     ws = _workspace(workdir)
-    table = predict_paths(resolve_model(model, ws.models), target, ws, batch_size=batch_size, device=device)
+    table = predict_paths(resolve_model(model, ws.models), target, ws, batch_size=batch_size, device=device,
+                          trust_pickle=trust_pickle)
     if out:
         from featlab.fileio import atomic_write_text
 
@@ -453,4 +466,5 @@ def main() -> None:
 
 
 def _workspace(workdir: Path | None) -> Workspace:
-    return Workspace.resolve(workdir)
+    """The work folder, checked writable before any long work starts."""
+    return Workspace.resolve(workdir).ensure_writable()

@@ -38,9 +38,9 @@ from featlab.backbones import BACKBONES, load_backbone
 from featlab.data import load_rgb, scan_dataset
 from featlab.errors import FeatlabError
 from featlab.extract import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
-from featlab.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from featlab.fileio import atomic_write, atomic_write_text
 from featlab.metrics import binary_metrics
-from featlab.modelfile import save_model_folder, verified_artifact
+from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
 from featlab.recipe import LayerTap, parse_recipe
 from featlab.specs import Preprocessing
 from featlab.versions import library_versions, utc_now
@@ -270,6 +270,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
 
     ``stop_after`` ends the run after that many epochs of this call (used to test resume).
     """
+    validate_config(config)
     out = Path(out)
     state_file = out / "train" / "last.pt"
     if out.joinpath("meta.json").exists() and not resume and state_file.exists():
@@ -295,7 +296,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     if resume:
         if not state_file.exists():
             raise FeatlabError(f"nothing to resume: {state_file} does not exist")
-        state = torch.load(state_file, map_location=device, weights_only=False)  # our own file, written atomically
+        state = _load_training_state(state_file, config, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -373,10 +374,12 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
                 "precision": precision, "versions": library_versions(),
             }
             state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_model_folder(out, ARTIFACT, lambda h, sd=state_dict: torch.save(sd, h), meta)
+            save_model_folder(out, ARTIFACT, lambda h, sealed, sd=state_dict: torch.save(
+                {"state_dict": sd, "featlab_meta": sealed}, h), meta)
         else:
             bad_epochs += 1
         training_state = {
+            "config": asdict(config),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
             "train_seconds": train_seconds, "torch_rng": torch.get_rng_state(),
@@ -386,19 +389,57 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         epochs_run += 1
         if stop_after is not None and epochs_run >= stop_after and epoch + 1 < config.epochs:
             return out  # deliberately stopped early (tests of resume): not finished
-    meta_path = out / "meta.json"
-    if meta_path.exists():  # training ended (all epochs or early stopping): the folder is complete
-        atomic_write_json(meta_path, {**read_json(meta_path), "finished": True})
+    if (out / "meta.json").exists():  # training ended (all epochs or early stopping): the folder is complete
+        update_model_meta(out, finished=True)
     return out
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse impossible settings before any work starts (errors name the setting)."""
+    checks = [
+        (config.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {config.arch!r}"),
+        (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
+        (config.lr > 0, f"lr must be positive, got {config.lr}"),
+        (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
+        (config.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {config.backbone_lr_scale}"),
+        (0 <= config.freeze_epochs, f"freeze_epochs must be >= 0, got {config.freeze_epochs}"),
+        (config.patience >= 1, f"patience must be at least 1, got {config.patience}"),
+        (config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}"),
+        (config.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {config.optimizer!r}"),
+        (config.schedule in ("cosine", "step"), f"schedule must be cosine or step, got {config.schedule!r}"),
+        (config.image_size is None or config.image_size >= 16, f"image_size must be >= 16, got {config.image_size}"),
+        (0 < config.augment.crop_scale <= 1, f"crop_scale must be in (0, 1], got {config.augment.crop_scale}"),
+        (0 <= config.augment.jpeg_prob <= 1 and 0 <= config.augment.blur_prob <= 1,
+         "jpeg_prob and blur_prob must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FeatlabError(message)
+
+
+def _load_training_state(state_file: Path, config: TrainConfig, device) -> dict:
+    """The checkpoint of an interrupted run (tensors and plain data only), refused if made with other settings."""
+    try:
+        state = torch.load(state_file, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a torn or foreign file: one clear line
+        raise FeatlabError(f"cannot resume from {state_file}: {str(error).splitlines()[0][:200]}") from None
+    saved = state.get("config") if isinstance(state, dict) else None
+    if saved is None:
+        raise FeatlabError(f"cannot resume from {state_file}: it records no training settings")
+    ours = asdict(config)
+    different = [k for k in ours if k not in ("epochs", "patience", "workers", "device") and ours[k] != saved.get(k)]
+    if different:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {ours[k]!r}" for k in different)
+        raise FeatlabError(f"cannot resume {state_file.parent.parent}: the run was started with other settings ({details})")
+    return state
 
 
 def _write_history(out: Path, history: list[dict], train_seconds: float) -> None:
     table = pd.DataFrame(history)
     atomic_write_text(out / "history.csv", table.to_csv(index=False))
-    meta_path = out / "meta.json"
-    if meta_path.exists():  # training time so far, without touching the hashed artifact
-        atomic_write_json(meta_path, {**read_json(meta_path), "train_seconds": train_seconds,
-                                      "epochs_done": int(table.epoch.max())})
+    if (out / "meta.json").exists():  # training time so far, without touching the hashed artifact
+        update_model_meta(out, train_seconds=train_seconds, epochs_done=int(table.epoch.max()))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,7 +466,19 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
     arch = meta["arch"]
     structure_weights = "default" if arch == "resnet50-opennsfw" else "none"
     model, _, _ = build_model(arch, structure_weights, None, head_layers=meta["config"].get("head_layers", "pool"))
-    model.load_state_dict(torch.load(artifact, map_location="cpu", weights_only=True), strict=True)
+    try:
+        payload = torch.load(artifact, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - not a checkpoint (e.g. 'kind' edited): one clear line
+        raise FeatlabError(f"{artifact} is not a CNN checkpoint ({str(error).splitlines()[0][:120]})") from None
+    if isinstance(payload, dict) and "state_dict" in payload:
+        check_sealed(folder, meta, payload.get("featlab_meta"))
+        payload = payload["state_dict"]
+    else:
+        log.warning("%s: a featlab 0.1 checkpoint without sealed metadata; meta.json cannot be verified", folder)
+    try:
+        model.load_state_dict(payload, strict=True)
+    except (RuntimeError, TypeError) as error:
+        raise FeatlabError(f"{artifact} does not fit arch {arch}: {str(error).splitlines()[0][:160]}") from None
     prep = Preprocessing(**{**meta["preprocessing"], "mean": tuple(meta["preprocessing"]["mean"]),
                             "std": tuple(meta["preprocessing"]["std"])})
     torch_device = resolve_device(device)

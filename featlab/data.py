@@ -70,6 +70,8 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
         raise
     except UnidentifiedImageError:
         raise BadImageError("not an image format Pillow can read") from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as error:
+        raise BadImageError(unreadable_reason(error)) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(f"corrupt or truncated image: {error}") from None
     except Image.DecompressionBombError as error:  # pragma: no cover - limit disabled above
@@ -142,6 +144,11 @@ def discover(root: str | os.PathLike) -> list[tuple[Path, str, str]]:
     return entries
 
 
+def unreadable_reason(error: OSError) -> str:
+    """The quarantine reason for a file the process cannot open or read."""
+    return f"cannot read file: {error.strerror or type(error).__name__}"
+
+
 def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int) -> dict:
     path, split, class_name = entry
     row = {
@@ -149,7 +156,7 @@ def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int)
         "split": split,
         "label": LABELS[class_name],
         "label_name": class_name,
-        "bytes": path.stat().st_size,
+        "bytes": 0,
         "sha256": "",
         "status": "ok",
         "reason": "",
@@ -157,7 +164,12 @@ def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         row.update(status="quarantined", reason=f"not an image file extension ({path.suffix or 'none'})")
         return row
-    row["sha256"] = sha256_file(path)
+    try:
+        row["bytes"] = path.stat().st_size
+        row["sha256"] = sha256_file(path)
+    except OSError as error:  # permission denied, vanished, I/O error: quarantined, never fatal
+        row.update(status="quarantined", reason=unreadable_reason(error))
+        return row
     if check_images:
         try:
             load_rgb(path, max_pixels=max_pixels)
@@ -208,19 +220,16 @@ def scan_images(target: str | os.PathLike) -> pd.DataFrame:
             raise FeatlabError(f"{target}: no image files found")
     else:
         raise FeatlabError(f"not found: {target}")
-    rows = [
-        {
-            "path": str(p.resolve()),
-            "split": "predict",
-            "label": -1,
-            "label_name": "",
-            "bytes": p.stat().st_size,
-            "sha256": sha256_file(p),
-            "status": "ok",
-            "reason": "",
-        }
-        for p in files
-    ]
+    rows = []
+    for p in files:
+        row = {"path": str(p.resolve()), "split": "predict", "label": -1, "label_name": "", "bytes": 0,
+               "sha256": "", "status": "ok", "reason": ""}
+        try:
+            row["bytes"] = p.stat().st_size
+            row["sha256"] = sha256_file(p)
+        except OSError as error:  # listed as skipped, never fatal
+            row.update(status="quarantined", reason=unreadable_reason(error))
+        rows.append(row)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 

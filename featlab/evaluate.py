@@ -20,7 +20,7 @@ from featlab.modelfile import read_model_meta
 from featlab.recipe import FeatureRecipe
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
 from featlab.specs import RANDOM_WEIGHTS
-from featlab.svm import cache_for_model, load_svm
+from featlab.svm import cache_for_model, check_features, load_svm
 from featlab.workspace import Workspace
 
 
@@ -47,7 +47,7 @@ def _svm_parameters(pipeline) -> int:
 
 def evaluate_model(
     model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
-    data_root: str | None = None, device: str = "auto", groups_csv: str | None = None,
+    data_root: str | None = None, device: str = "auto", groups_csv: str | None = None, trust_pickle: bool = False,
 ) -> tuple[dict, Path]:
     """Write the common JSON report (and plots) for a model folder on one split.
 
@@ -63,14 +63,14 @@ def evaluate_model(
 
         return evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
                             groups_csv=groups_csv)
-    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv)
+    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv, trust_pickle=trust_pickle)
 
 
 def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
-                 groups_csv: str | None = None):
+                 groups_csv: str | None = None, trust_pickle: bool = False):
     meta = read_model_meta(model)
     cache = cache_for_model(meta, workspace.features)
-    svm = load_svm(model, cache)
+    svm = load_svm(model, cache, trust_pickle=trust_pickle)
     X, y, index = cache.load_split(split)
     if len(X) == 0:
         raise FeatlabError(f"split {split!r} holds no usable images")
@@ -122,7 +122,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
 
 def predict_paths(
     model: str | os.PathLike, target: str | os.PathLike, workspace: Workspace, batch_size: int = 32,
-    device: str = "auto", progress: bool = False,
+    device: str = "auto", progress: bool = False, trust_pickle: bool = False,
 ) -> pd.DataFrame:
     """Classify an image file or a folder (any layout). Unreadable files are listed, not fatal.
 
@@ -136,13 +136,14 @@ def predict_paths(
         from featlab.cnn import predict_cnn
 
         return predict_cnn(model, manifest, batch_size=batch_size, device=device)
+    svm = load_svm(model, trust_pickle=trust_pickle)  # verified before any extraction work
     backbone = load_backbone(meta["backbone"], _weights_argument(meta["weights_info"]))
     extraction = meta["extraction"]
     extractor = Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"],
                           recipe=FeatureRecipe.from_dict(extraction.get("recipe")))
     result = extract_manifest(manifest, extractor, workspace.features, batch_size=batch_size, progress=progress,
                               write_index=False)
-    svm = load_svm(model, result.cache)
+    check_features(svm.meta, result.cache)
     rows = result.manifest
     ok = rows.status == "ok"
     out = rows[["path", "status", "reason"]].copy()

@@ -191,14 +191,15 @@ class Extractor:
 class ExtractionResult:
     cache: EmbeddingCache
     manifest: pd.DataFrame  # with status/reason updated by decoding
-    computed: int
+    computed: int  # embeddings computed and stored by this run
+    failed: int  # images this run tried and could not decode (quarantined, remembered)
     seconds: float
     device: str
     precision: str
 
     @property
     def images_per_second(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+        return (self.computed + self.failed) / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def quarantined(self) -> pd.DataFrame:
@@ -250,13 +251,22 @@ def extract_manifest(
             "featlab": __version__,
         },
     )
+    with cache.writer_lock():
+        return _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root,
+                               write_index)
+
+
+def _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index):
     manifest = manifest.copy()
+    cache.clean_orphans()  # safe now: no other writer
+    cache._locations = None  # another process may have added shards since this cache was opened
     known_bad = cache.failures()
     todo = manifest[(manifest.status == "ok") & ~manifest.sha256.isin(known_bad)]
-    todo = todo[[h not in cache for h in todo.sha256]].drop_duplicates("sha256")
+    todo = todo[np.array([h not in cache for h in todo.sha256], dtype=bool)].drop_duplicates("sha256")
     paths, hashes = list(todo.path), list(todo.sha256)
 
     started = time.perf_counter()
+    failed_now = 0
     if paths:
         workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
         loader = DataLoader(
@@ -278,6 +288,7 @@ def extract_manifest(
                 if reason:
                     i = int(indices[k])
                     failures.append({"sha256": hashes[i], "path": paths[i], "reason": reason})
+                    failed_now += 1
             if good:
                 pending.append(extractor(batch[good]))
                 pending_hashes.extend(hashes[int(indices[k])] for k in good)
@@ -304,7 +315,8 @@ def extract_manifest(
     return ExtractionResult(
         cache=cache,
         manifest=manifest,
-        computed=len(paths),
+        computed=len(paths) - failed_now,
+        failed=failed_now,
         seconds=seconds,
         device=str(extractor.torch_device),
         precision=extractor.precision,

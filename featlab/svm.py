@@ -16,12 +16,26 @@ from featlab import LABELS, __version__
 from featlab.cache import EmbeddingCache, find_caches
 from featlab.classical import FitResult, fit_svm, pca_summary, scores
 from featlab.errors import FeatlabError
-from featlab.modelfile import save_model_folder, verified_artifact
+from featlab.modelfile import check_sealed, save_model_folder, verified_artifact
 from featlab.versions import library_versions, utc_now
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "model.joblib"
+ARTIFACT = "model.skops"
+LEGACY_ARTIFACT = "model.joblib"  # featlab 0.1: a pickle, loaded only with trust_pickle=True
+#: The only classes an SVM model file may contain (what featlab writes), plus plain data types.
+TRUSTED_TYPES = frozenset({
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.decomposition._pca.PCA",
+    "sklearn.svm._classes.SVC",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.kernel_approximation.Nystroem",
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+})
+_PLAIN_TYPES = ("builtins.", "numpy.")
 
 
 @dataclass
@@ -88,23 +102,87 @@ def fit_from_cache(
         "seed": seed,
         "versions": library_versions(),
     }
-    save_model_folder(folder, ARTIFACT, lambda handle: joblib.dump(result.pipeline, handle), meta)
+    save_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(result.pipeline, sealed)), meta)
     return folder, result
 
 
-def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None) -> SVMModel:
-    """Load a model folder after checking its hash, and (given ``cache``) that it fits those features.
+def _dumps(pipeline: Pipeline, sealed: str) -> bytes:
+    import skops.io
 
-    Loading unpickles the file, which can run code: the sha256 in meta.json is checked first.
+    return skops.io.dumps({"pipeline": pipeline, "featlab_meta": sealed})
+
+
+def _skops_types(data: bytes) -> set[str]:
+    """Every ``module.Class`` named in a skops file's schema (read without loading anything)."""
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add(f"{node.get('__module__', '')}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
+
+
+def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
+    import zipfile
+
+    import skops.io
+
+    data = artifact.read_bytes()
+    try:
+        types = _skops_types(data)
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise FeatlabError(f"{artifact} is not a skops model file ({type(error).__name__}: {error})") from None
+    foreign = sorted(t for t in types if t not in TRUSTED_TYPES and not t.startswith(_PLAIN_TYPES))
+    if foreign:
+        raise FeatlabError(f"{artifact} holds types featlab never writes ({', '.join(foreign)}); refusing to load it")
+    payload = skops.io.loads(data, trusted=sorted(t for t in types if not t.startswith("builtins.")))
+    if not isinstance(payload, dict) or not isinstance(payload.get("pipeline"), Pipeline):
+        raise FeatlabError(f"{artifact} does not hold a featlab SVM pipeline")
+    return payload["pipeline"], payload.get("featlab_meta")
+
+
+def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, trust_pickle: bool = False) -> SVMModel:
+    """Load a model folder after checking its hash, its sealed metadata, and (given ``cache``) that it fits
+    those features.
+
+    Parameters
+    ----------
+    folder : the model folder.
+    cache : the features it will score; refused when made with another backbone, recipe, etc.
+    trust_pickle : allow a featlab 0.1 folder (``model.joblib``, a pickle that runs code when loaded).
     """
     artifact, meta = verified_artifact(folder)
     if meta.get("kind") != "svm":
         raise FeatlabError(f"{folder} is a {meta.get('kind')} model, not an SVM")
+    if meta["artifact"] == LEGACY_ARTIFACT:
+        if not trust_pickle:
+            raise FeatlabError(
+                f"{artifact} is a pickle (featlab 0.1 model folder): loading it can run code. Refit it, or pass "
+                "trust_pickle=True (CLI --trust-pickle) if you made this folder yourself"
+            )
+        log.warning("loading pickle %s because trust_pickle was given", artifact)
+        pipeline = joblib.load(artifact)
+        if not isinstance(pipeline, Pipeline):
+            raise FeatlabError(f"{artifact} does not hold a scikit-learn Pipeline")
+    else:
+        pipeline, sealed = _load_skops(artifact)
+        check_sealed(folder, meta, sealed)
     if cache is not None:
         check_features(meta, cache)
-    pipeline = joblib.load(artifact)
-    if not isinstance(pipeline, Pipeline):
-        raise FeatlabError(f"{artifact} does not hold a scikit-learn Pipeline")
     return SVMModel(Path(folder), pipeline, meta)
 
 

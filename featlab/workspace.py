@@ -26,6 +26,22 @@ class Workspace:
         chosen = workdir or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR
         return cls(Path(chosen).expanduser().resolve())
 
+    def ensure_writable(self) -> Workspace:
+        """Create the folder if needed and prove it takes files; a clear error otherwise. Returns self."""
+        import tempfile
+
+        from featlab.errors import FeatlabError
+
+        if self.root.exists() and not self.root.is_dir():
+            raise FeatlabError(f"work folder {self.root} is a file, not a folder; choose another --workdir")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as error:
+            raise FeatlabError(f"work folder {self.root} is not writable ({error.strerror}); choose another --workdir") from None
+        return self
+
     @property
     def features(self) -> Path:
         return self.root / "features"

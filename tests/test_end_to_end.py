@@ -78,7 +78,7 @@ def test_model_hash_mismatch_refused(fitted, tmp_path):
     work, _ = fitted
     copy = tmp_path / "tampered"
     shutil.copytree(work / "models" / "svm-r18", copy)
-    with open(copy / "model.joblib", "ab") as handle:
+    with open(copy / "model.skops", "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(FeatlabError, match="changed after it was saved"):
         load_svm(copy)

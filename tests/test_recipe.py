@@ -115,3 +115,24 @@ def test_opennsfw_multilayer_torch_matches_onnxruntime():
     ort_vec = Extractor(backbone, precision="fp32", engine="onnxruntime", recipe=recipe)(batch)
     assert torch_vec.shape == ort_vec.shape == (3, recipe.dim(backbone.spec))
     np.testing.assert_allclose(torch_vec, ort_vec, atol=1e-3, rtol=1e-3)
+
+
+def test_model_fitted_on_one_recipe_refuses_features_of_another(synth_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from featlab.cache import find_caches
+    from featlab.cli import app
+    from featlab.svm import load_svm
+
+    runner = CliRunner()
+    work = tmp_path / "work"
+    base = ["--data", str(synth_root), "--backbone", "resnet18", "--weights", "none", "--precision", "fp32",
+            "--workdir", str(work), "--no-progress"]
+    assert runner.invoke(app, ["extract", *base, "--layers", "layer2", "--pooling", "avg"]).exit_code == 0
+    fit = runner.invoke(app, ["fit-svm", "--pca", "8", "--C", "1", "--workdir", str(work), "--name", "m"])
+    assert fit.exit_code == 0, fit.output
+    out = runner.invoke(app, ["extract", *base, "--layers", "layer2", "--pooling", "gem"])
+    assert out.exit_code == 0 and "layer2 / gem pooling" in out.output
+    gem = next(c for c in find_caches(work / "features") if c.meta["config"]["recipe"]["pooling"] == "gem")
+    with pytest.raises(FeatlabError, match="differ in: recipe"):
+        load_svm(work / "models" / "m", gem)
