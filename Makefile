@@ -3,12 +3,19 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test bench bench-quality lint clean
+.PHONY: setup browser test bench bench-quality docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(VENV)/bin/featlab --version
+	@$(MAKE) --no-print-directory browser || echo "setup: Chromium not installed; the browser test of the report page will skip"
+
+# Headless Chromium (Debian package) for the browser test of the comparison page; best effort.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		timeout 600 sh -c 'apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null'; }
+	@command -v chromium >/dev/null 2>&1 && chromium --version
 
 test:
 	$(PY) -m pytest -q
@@ -19,6 +26,10 @@ bench:
 # Results on real faces (../shared/faces): writes docs/results.md. Long (about 30 min on 2 cores): run it alone.
 bench-quality:
 	$(PY) tests/benchmarks/bench_quality.py
+
+# docs/api.md from the docstrings of the public API.
+docs:
+	$(PY) docs/make_api.py
 
 lint:
 	$(VENV)/bin/ruff check featlab data_prep tests

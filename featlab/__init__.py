@@ -13,8 +13,41 @@ Data flow, one module per stage (imports only run "down" this list)::
     workspace, cli        the shared work folder and the thin typer CLI
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Class mapping used everywhere (fake is the positive class).
 LABELS: dict[str, int] = {"real": 0, "fake": 1}
 CLASS_NAMES: tuple[str, ...] = ("real", "fake")
+
+#: The public Python API (imported on first use, so ``import featlab`` stays light).
+_PUBLIC = {
+    "DeepFeatures": "featlab.estimators",
+    "CNNClassifier": "featlab.estimators",
+    "SavedModel": "featlab.estimators",
+    "load_model": "featlab.estimators",
+    "FeatureRecipe": "featlab.recipe",
+    "scan_dataset": "featlab.data",
+    "Perturbation": "featlab.perturb",
+    "Workspace": "featlab.workspace",
+    "FeatlabError": "featlab.errors",
+    "BenchmarkSettings": "featlab.benchmark",
+    "run_benchmark": "featlab.benchmark",
+    "evaluate_model": "featlab.evaluate",
+    "evaluate_matrix": "featlab.evaluate",
+    "predict_paths": "featlab.evaluate",
+    "run_robustness": "featlab.robustness",
+    "extract_dataset": "featlab.extract",
+    "fit_svm": "featlab.classical",
+    "build_pipeline": "featlab.classical",
+    "train_cnn": "featlab.cnn",
+    "TrainConfig": "featlab.cnn",
+}
+__all__ = ["CLASS_NAMES", "LABELS", "__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'featlab' has no attribute {name!r}")

@@ -151,7 +151,7 @@ def _load_weights(spec: BackboneSpec, model: nn.Module, weights: str) -> dict:
             raise FeatlabError(
                 f"pretrained weights for {spec.name} ({spec.weights}) are not on disk at {cached} and could not be "
                 f"downloaded ({type(error).__name__}); put the file there, pass --weights PATH, or use "
-                f"--backbone {OFFLINE_DEFAULT} (ships with featlab's dependencies)"
+                f"backbone {OFFLINE_DEFAULT} (ships with featlab's dependencies)"
             ) from None
         model.load_state_dict(state, strict=True)
         return {

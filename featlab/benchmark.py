@@ -101,6 +101,42 @@ def _valid_scores(folder: Path, cache) -> dict:
     return {"metrics": binary_metrics(y, score, threshold), "groups": groups}
 
 
+def _transfer_scores(folder: Path, cache, settings: BenchmarkSettings) -> list[dict]:
+    """Cross-source transfer on valid: fit on the train images of one source, score the valid images of
+    every other source (with the model's chosen hyper-parameters). Recipes that transfer are preferred,
+    since featlab is judged on generators it never saw."""
+    from featlab.classical import build_pipeline, scores
+    from featlab.modelfile import read_model_meta
+
+    meta = read_model_meta(folder)
+    root = cache.meta.get("data_root", "")
+    known = find_groups(root) if root else {}
+    X_train, y_train, train_index = cache.load_split("train")
+    X_valid, y_valid, valid_index = cache.load_split("valid")
+    source_of = {split: [next((g for g in names if g.startswith("source=")), "") for names in
+                         groups_for(list(index.path), known)] for split, index in (("train", train_index),
+                                                                                   ("valid", valid_index))}
+    sources = sorted({s for s in source_of["train"] if s})
+    rows = []
+    for train_source in sources:
+        mask = np.array([s == train_source for s in source_of["train"]])
+        if len(np.unique(y_train[mask])) < 2:
+            continue
+        pca = settings.pca if not isinstance(settings.pca, int) else min(settings.pca, int(mask.sum()),
+                                                                          X_train.shape[1])
+        pipeline = build_pipeline(pca=pca, seed=settings.seed).set_params(**meta["best_params"])
+        pipeline.fit(X_train[mask], y_train[mask])
+        for test_source in sources:
+            test = np.array([s == test_source for s in source_of["valid"]])
+            if len(np.unique(y_valid[test])) < 2:
+                continue
+            score, threshold, _ = scores(pipeline, X_valid[test])
+            m = binary_metrics(y_valid[test], score, threshold)
+            rows.append({"train": train_source, "test": test_source, "roc_auc": m["roc_auc"],
+                         "accuracy": m["accuracy"], "n_test": m["n"]})
+    return rows
+
+
 def _extract(manifest, backbone_name: str, recipe: FeatureRecipe, ws: Workspace, root: Path, progress: bool):
     extractor = Extractor(load_backbone(backbone_name), recipe=recipe)
     started = time.perf_counter()
@@ -168,9 +204,11 @@ def run_benchmark(
             echo(f"  svm {folder.name}: " + ("reusing the finished model" if reused else f"fitted in {fit_seconds:.1f} s"))
             row = {"backbone": name, "recipe": recipe.as_dict(), "describe": recipe.describe(), "dim": recipe.dim(spec),
                    "model": folder.name, "extract_seconds": seconds, "computed": result.computed,
+                   "extract_images_per_s": result.cache.meta.get("extract_images_per_s"),
                    "fit_seconds_this_run": fit_seconds, "default": recipe == final}
             if "valid" in set(manifest.split):
                 row["valid"] = _valid_scores(folder, result.cache)
+                row["transfer"] = _transfer_scores(folder, result.cache, settings)
                 echo(f"  valid ROC-AUC {row['valid']['metrics']['roc_auc']:.4f}")
             summary["recipes"].append(row)
             if recipe == final:
@@ -270,7 +308,7 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             "balanced accuracy, fitted on train. Selection figures, not test results.",
             "",
             "| backbone | recipe | dim | valid ROC-AUC | " + " | ".join(f"valid AUC {g}" for g in group_names)
-            + " | extract s | default |",
+            + " | extract img/s | default |",
             "|---|---|---|---|" + "---|" * len(group_names) + "---|---|",
         ]
         for r in summary["recipes"]:
@@ -279,9 +317,26 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             lines.append(
                 f"| {r['backbone']} | {r['describe']} | {r['dim']} | {_f(valid.get('metrics', {}).get('roc_auc'))} | "
                 + " | ".join(_f(per.get(g)) for g in group_names)
-                + f" | {r['extract_seconds']:.1f} ({r['computed']} computed) | {'yes' if r['default'] else ''} |"
+                + f" | {_f(r.get('extract_images_per_s'))} | {'yes' if r['default'] else ''} |"
             )
         lines.append("")
+        pairs = list(dict.fromkeys((t["train"], t["test"]) for r in summary["recipes"] for t in r.get("transfer", [])
+                                   if t["train"] != t["test"]))
+        if pairs:
+            lines += [
+                "### Do the recipes transfer across sources? (valid split)",
+                "",
+                "SVM fitted on the train images of one source only (the recipe's chosen C and gamma), scored on the "
+                "valid images of the other source: how a recipe may fare on generators it never saw.",
+                "",
+                "| recipe | " + " | ".join(f"train {a.removeprefix('source=')} -> valid {b.removeprefix('source=')}"
+                                          for a, b in pairs) + " |",
+                "|---|" + "---|" * len(pairs),
+            ]
+            for r in summary["recipes"]:
+                cells = {(t["train"], t["test"]): t["roc_auc"] for t in r.get("transfer", [])}
+                lines.append(f"| {r['describe']} | " + " | ".join(_f(cells.get(p)) for p in pairs) + " |")
+            lines.append("")
     lines += ["## Test split: every model", "", table, ""]
     for report in reports:
         groups = report.get("groups") or []

@@ -205,22 +205,35 @@ class EmbeddingCache:
         return found
 
     # ------------------------------------------------------------------- index
-    def write_index(self, manifest: pd.DataFrame) -> None:
-        atomic_write_text(self.folder / "index.csv", manifest[INDEX_COLUMNS].to_csv(index=False))
+    # ``index.csv`` is the dataset of the last ``featlab extract`` (what fit-svm trains on); every
+    # other dataset evaluated with this cache keeps its own ``indexes/<name>.csv``, so scoring a
+    # model on new data never changes what it was trained on.
+    def _index_path(self, name: str | None) -> Path:
+        return self.folder / "index.csv" if name is None else self.folder / "indexes" / f"{name}.csv"
 
-    def index(self) -> pd.DataFrame:
-        path = self.folder / "index.csv"
+    def write_index(self, manifest: pd.DataFrame, name: str | None = None) -> None:
+        atomic_write_text(self._index_path(name), manifest[INDEX_COLUMNS].to_csv(index=False))
+
+    def index(self, name: str | None = None) -> pd.DataFrame:
+        path = self._index_path(name)
         if not path.exists():
-            raise FeatlabError(f"{self.folder} has no index.csv; run featlab extract --data ROOT first")
+            raise FeatlabError(f"{self.folder} has no {path.name}; extract a dataset first (featlab extract, or featlab.extract_dataset)")
         return pd.read_csv(path, dtype={"sha256": str, "reason": str, "path": str, "split": str}, keep_default_na=False)
 
-    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """``(X, y, index)`` for one split of the last extracted dataset (usable images only)."""
-        index = self.index()
+    def load_split(self, split: str, index_name: str | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(X, y, index)`` for one split of a dataset's index (usable images only)."""
+        index = self.index(index_name)
         if split not in set(index.split):
-            raise FeatlabError(f"split {split!r} not in {self.folder / 'index.csv'} (have {sorted(set(index.split))})")
+            raise FeatlabError(f"split {split!r} not in {self._index_path(index_name)} (have {sorted(set(index.split))})")
         rows = index[(index.split == split) & (index.status == "ok")].reset_index(drop=True)
         return self.get(list(rows.sha256)), rows.label.to_numpy(dtype=np.int64), rows
+
+
+def dataset_tag(root: str | os.PathLike) -> str:
+    """A short, stable name for a dataset folder: its name plus a digest of its absolute path."""
+    resolved = str(Path(root).resolve())
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(resolved).name)[:40] or "data"
+    return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
 def find_caches(features_dir: str | os.PathLike, backbone: str | None = None) -> list[EmbeddingCache]:
@@ -241,9 +254,9 @@ def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -
     caches = [c for c in find_caches(features_dir, backbone) if (c.folder / "index.csv").exists()]
     if not caches:
         what = f" for backbone {backbone}" if backbone else ""
-        raise FeatlabError(f"no extracted features{what} in {features_dir}; run featlab extract --data ROOT first")
+        raise FeatlabError(f"no extracted features{what} in {features_dir}; extract a dataset first (featlab extract, or featlab.extract_dataset)")
     if len(caches) > 1 and backbone is None:
         names = sorted({c.meta["config"]["backbone"] for c in caches})
         if len(names) > 1:
-            raise FeatlabError(f"features of several backbones in {features_dir} ({', '.join(names)}); pass --backbone")
+            raise FeatlabError(f"features of several backbones in {features_dir} ({', '.join(names)}); name the backbone")
     return caches[0]

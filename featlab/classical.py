@@ -45,14 +45,14 @@ def parse_pca(value: str | int | float | None) -> int | float | None:
     try:
         number = float(value)
     except ValueError:
-        raise FeatlabError(f"--pca takes a whole number of components, a variance fraction or 0, got {value!r}") from None
+        raise FeatlabError(f"pca takes a whole number of components, a variance fraction or 0, got {value!r}") from None
     if number == 0:
         return None
     if 0 < number < 1:
         return number
     if number >= 1 and number.is_integer():
         return int(number)
-    raise FeatlabError(f"--pca takes a whole number of components, a variance fraction in (0, 1) or 0, got {value!r}")
+    raise FeatlabError(f"pca takes a whole number of components, a variance fraction in (0, 1) or 0, got {value!r}")
 
 
 def parse_grid(value: str | float | None, name: str, allow_words: tuple[str, ...] = ()) -> list:
@@ -68,9 +68,9 @@ def parse_grid(value: str | float | None, name: str, allow_words: tuple[str, ...
         try:
             number = float(part)
         except ValueError:
-            raise FeatlabError(f"--{name}: {part!r} is not a number") from None
+            raise FeatlabError(f"{name}: {part!r} is not a number") from None
         if number <= 0:
-            raise FeatlabError(f"--{name} values must be positive, got {part}")
+            raise FeatlabError(f"{name} values must be positive, got {part}")
         items.append(number)
     return items
 
@@ -113,9 +113,9 @@ def build_pipeline(
     seed : random_state for PCA, the SVM and Nystroem.
     """
     if solver not in SOLVERS:
-        raise FeatlabError(f"--solver must be one of {', '.join(SOLVERS)}")
+        raise FeatlabError(f"solver must be one of {', '.join(SOLVERS)}")
     if kernel not in KERNELS:
-        raise FeatlabError(f"--kernel must be one of {', '.join(KERNELS)}")
+        raise FeatlabError(f"kernel must be one of {', '.join(KERNELS)}")
     reducer = "passthrough" if pca is None else PCA(n_components=pca, random_state=seed)
     if solver == "svc":
         svm = SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight, random_state=seed)
@@ -135,6 +135,11 @@ def scores(pipeline: Pipeline, X: np.ndarray) -> tuple[np.ndarray, float, str]:
     if _has_proba(pipeline):
         return pipeline.predict_proba(X)[:, 1], 0.5, "p_fake"
     return pipeline.decision_function(X), 0.0, "decision"
+
+
+def decision_threshold(pipeline: Pipeline) -> float:
+    """Score at and above which an image is called fake: 0.5 for a calibrated p(fake), else 0."""
+    return 0.5 if _has_proba(pipeline) else 0.0
 
 
 def _has_proba(pipeline: Pipeline) -> bool:

@@ -346,23 +346,41 @@ def train_cnn_command(
 @app.command()
 @_friendly
 def evaluate(
-    model: str = typer.Argument("latest", help="Model folder, a name under models/, or 'latest'."),
-    split: str = typer.Option("test", "--split"),
+    models: list[str] | None = typer.Argument(None, help="Model folders, names under models/, or 'latest' (default)."),
+    split: str = typer.Option("test", "--split", help="Split to score (an unsplit {real,fake}/ folder: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="ROC, PR, confusion and PCA scatter PNGs."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset root for a CNN (default: the one it trained on)."),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Dataset root to score (default: the model's own). Repeat it, or name several "
+        "models, for a cross-dataset matrix (markdown, HTML, heatmap)."),
+    groups: Path | None = typer.Option(None, "--groups", help="CSV path,group for per-group rows (own data)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the matrix (default reports/matrix)."),
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (model.joblib: "
                                       "a pickle, which runs code when loaded). Only for folders you made."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
-    """Evaluate a saved model (SVM or CNN) on a split: JSON report, terminal table and plots."""
-    from featlab.evaluate import evaluate_model
+    """Evaluate saved models (SVM or CNN) on a split of any dataset: JSON report, terminal table and plots.
+
+    An SVM's missing embeddings are extracted into its own feature cache (shared images cost
+    nothing) without touching the index of the data it was trained on.
+    """
+    from featlab.evaluate import evaluate_matrix, evaluate_model
     from featlab.modelfile import resolve_model
     from featlab.report import print_metrics
 
     ws = _workspace(workdir)
-    report, path = evaluate_model(resolve_model(model, ws.models), ws, split=split, plots=plots,
-                                  data_root=str(data) if data else None, device=device, trust_pickle=trust_pickle)
+    folders = [resolve_model(m, ws.models) for m in (models or ["latest"])]
+    roots = list(data or [])
+    if len(folders) > 1 or len(roots) > 1:
+        if not roots:
+            raise typer.BadParameter("a matrix needs --data for every test set", param_hint="--data")
+        table, written = evaluate_matrix(folders, roots, ws, split=split, out=out, device=device,
+                                         trust_pickle=trust_pickle)
+        typer.echo(written["markdown"].read_text())
+        typer.echo(f"written: {written['markdown']}, {written['html']}, {written['png']}")
+        return
+    report, path = evaluate_model(folders[0], ws, split=split, plots=plots, data_root=str(roots[0]) if roots else None,
+                                  device=device, trust_pickle=trust_pickle, groups_csv=str(groups) if groups else None)
     typer.echo(print_metrics(report))
     typer.echo(f"report: {path}")
 
@@ -412,9 +430,49 @@ def compare(
     paths = list(reports or sorted(ws.reports.glob("*-test.json")))
     if not paths:
         raise FeatlabError(f"no reports given and none in {ws.reports}; run featlab fit-svm / evaluate first")
-    md, page, markdown = write_comparison(load_reports(paths), out or ws.reports)
+    loaded = load_reports(paths)
+    md, page, markdown = write_comparison(loaded, out or ws.reports)
+    from featlab.page import summary_lines
+    from featlab.report import compare_reports
+
+    for line in summary_lines(loaded, compare_reports(loaded)):
+        typer.echo(line)
     typer.echo(markdown)
     typer.echo(f"written: {md}, {page}")
+
+
+@app.command()
+@_friendly
+def robustness(
+    models: list[str] = typer.Argument(..., help="Model folders or names under models/ (SVM and CNN alike)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root; its --split is perturbed and scored."),
+    split: str = typer.Option("test", "--split"),
+    jpeg: str | None = typer.Option(None, "--jpeg", help="JPEG qualities, e.g. 100,90,70,50,30."),
+    blur: str | None = typer.Option(None, "--blur", help="Gaussian sigmas in pixels, e.g. 0,1,2,3,4."),
+    resize: str | None = typer.Option(None, "--resize", help="Down-then-up factors, e.g. 1,0.75,0.5."),
+    noise: str | None = typer.Option(None, "--noise", help="Gaussian noise std on 0-1 pixels, e.g. 0,0.01,0.03."),
+    seed: int = typer.Option(0, "--seed", help="Seed mixed into the per-image noise."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default reports/robustness)."),
+    device: str = typer.Option("auto", "--device"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Score models on perturbed copies of a split (JPEG, blur, resize, noise): tables and curves."""
+    from featlab.modelfile import resolve_model
+    from featlab.perturb import parse_levels
+    from featlab.robustness import run_robustness
+
+    sweeps = {kind: parse_levels(kind, text, seed) for kind, text in
+              (("jpeg", jpeg), ("blur", blur), ("resize", resize), ("noise", noise)) if text}
+    if not sweeps:
+        raise typer.BadParameter("give at least one of --jpeg, --blur, --resize, --noise")
+    ws = _workspace(workdir)
+    folders = [resolve_model(m, ws.models) for m in models]
+    target = out or ws.reports / "robustness"
+    table = run_robustness(folders, data, sweeps, ws, split=split, out=target, device=device,
+                           trust_pickle=trust_pickle)
+    typer.echo((target / "robustness.md").read_text())
+    typer.echo(f"written: {target} ({len(table)} rows)")
 
 
 @app.command()

@@ -37,11 +37,11 @@ from featlab import CLASS_NAMES, LABELS, __version__
 from featlab.backbones import BACKBONES, load_backbone
 from featlab.data import load_rgb, scan_dataset
 from featlab.errors import FeatlabError
-from featlab.extract import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
 from featlab.fileio import atomic_write, atomic_write_text
 from featlab.metrics import binary_metrics
 from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
 from featlab.recipe import LayerTap, parse_recipe
+from featlab.runtime import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
 from featlab.specs import Preprocessing
 from featlab.versions import library_versions, utc_now
 
@@ -98,7 +98,7 @@ def build_model(
     (the stages and pooling of the default feature recipe, as the SVM family) or stage names.
     """
     if arch not in ARCHS:
-        raise FeatlabError(f"--arch must be one of {', '.join(ARCHS)}")
+        raise FeatlabError(f"arch must be one of {', '.join(ARCHS)}")
     if arch == "custom":
         torch.manual_seed(0)
         model, prep = CustomCNN(), CUSTOM_PREPROCESSING
@@ -183,6 +183,13 @@ class TrainImages(Dataset):
 
 @dataclass
 class TrainConfig:
+    """Settings of one CNN training run (``featlab train-cnn``); every field is recorded in the model folder.
+
+    The defaults are the recipe measured on the real faces (README, "CNN baselines"): two head-only
+    epochs, then per-tensor relative steps for the pretrained layers (``backbone_lr_scale``), warm-up,
+    gradient clipping, a head on the mid-level stages (``head_layers="auto"``), native-pixel view.
+    """
+
     arch: str = "custom"
     weights: str = "default"
     epochs: int = 10
@@ -225,7 +232,7 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    raise FeatlabError("--optimizer must be adamw or sgd")
+    raise FeatlabError("optimizer must be adamw or sgd")
 
 
 def _scheduler(config: TrainConfig, optimizer):
@@ -233,7 +240,7 @@ def _scheduler(config: TrainConfig, optimizer):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, config.epochs // 3), gamma=0.1)
-    raise FeatlabError("--schedule must be cosine or step")
+    raise FeatlabError("schedule must be cosine or step")
 
 
 def _set_frozen(model: nn.Module, frozen: bool) -> None:
@@ -274,7 +281,8 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     out = Path(out)
     state_file = out / "train" / "last.pt"
     if out.joinpath("meta.json").exists() and not resume and state_file.exists():
-        raise FeatlabError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise FeatlabError(f"{out} already holds a training run; resume it (resume=True, CLI --resume) or choose "
+                           "another output folder")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     # Decode everything once up front: a broken file must be left out, not trained on as a blank image.
@@ -355,7 +363,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         train_seconds += time.perf_counter() - started
         auc = valid_metrics.get("roc_auc") or 0.0
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_auc": auc,
-               "valid_accuracy": valid_metrics.get("accuracy"), "lr": scheduler.get_last_lr()[0],
+               "valid_accuracy": valid_metrics.get("accuracy"), "lr": scheduler.get_last_lr()[-1],
                "seconds": time.perf_counter() - started}
         history.append(row)
         log.debug("epoch %d: loss %.4f valid AUC %.4f", epoch + 1, row["train_loss"], auc)
@@ -483,51 +491,6 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
                             "std": tuple(meta["preprocessing"]["std"])})
     torch_device = resolve_device(device)
     return model.to(torch_device, memory_format=torch.channels_last).eval(), prep, meta, torch_device
-
-
-def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
-                 device: str = "auto", groups_csv: str | None = None):
-    from featlab.groups import find_groups, groups_for
-    from featlab.metrics import group_metrics
-    from featlab.report import build_report, data_section, report_paths, save_report, write_plots
-
-    model, prep, meta, torch_device = load_cnn(model_folder, device)
-    root = str(Path(data_root or meta["data_root"]).resolve())
-    manifest = scan_dataset(root, check_images=False)
-    rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
-    if rows.empty:
-        raise FeatlabError(f"{root}: split {split!r} holds no images")
-    precision = "fp32"
-    start = time.perf_counter()
-    scores, reasons = score_images(model, prep, list(rows.path), 32, torch_device, precision)
-    seconds = time.perf_counter() - start
-    ok = ~np.isnan(scores)
-    y = rows.label.to_numpy()[ok]
-    metrics = binary_metrics(y, scores[ok], 0.0)
-    metrics["score_kind"] = "logit"
-    groups = group_metrics(y, scores[ok], 0.0, groups_for(list(rows.path[ok]), find_groups(root, groups_csv)))
-    name = Path(model_folder).name
-    json_path, plot_dir = report_paths(workspace.reports, name, split)
-    plot_files = write_plots(plot_dir, y, scores[ok], metrics["confusion_matrix"], name) if plots else {}
-    report = build_report(
-        model={"kind": "cnn", "name": name, "path": str(Path(model_folder).resolve()), "sha256": meta["sha256"],
-               "backbone": meta["arch"], "weights": meta["weights_info"].get("source", "unknown"),
-               "pretrained": bool(meta["weights_info"].get("pretrained")),
-               "params": {"config": meta["config"], "best_epoch": meta["best_epoch"],
-                          "best_valid_auc": meta["best_valid_auc"]},
-               "seed": int(meta["seed"])},
-        data=data_section(root, split, list(rows.sha256[ok]), y, n_train=meta["n_train"], n_valid=meta["n_valid"],
-                          skipped=[{"path": p, "reason": r} for p, r in zip(rows.path, reasons) if r]),
-        metrics=metrics,
-        costs={"train_seconds": float(meta.get("train_seconds", 0.0)),
-               "inference_images_per_s": float(len(rows) / seconds),
-               "inference_note": f"end to end (decode + forward, batch 32, {precision}) on {torch_device}",
-               "model_bytes": int(meta["bytes"]), "parameters": int(meta["parameters"])},
-        plots=plot_files,
-        groups=groups,
-    )
-    save_report(report, json_path)
-    return report, json_path
 
 
 def predict_cnn(model_folder, manifest: pd.DataFrame, batch_size: int = 32, device: str = "auto") -> pd.DataFrame:

@@ -110,11 +110,12 @@ def _class_files(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.rglob("*") if p.is_file())
 
 
-def discover(root: str | os.PathLike) -> list[tuple[Path, str, str]]:
+def discover(root: str | os.PathLike, one_class_ok: bool = False) -> list[tuple[Path, str, str]]:
     """List ``(file, split, class_name)`` for every file under ``root``'s class folders.
 
     Raises :class:`FeatlabError` with one line naming the folder when the layout is wrong
-    or a class folder holds no image.
+    or a class folder holds no image. With ``one_class_ok`` (evaluation sets such as a folder
+    of fakes), a split may hold one class only: ``ROOT/fake/`` or ``ROOT/test/fake/`` suffices.
     """
     root = Path(root)
     if not root.is_dir():
@@ -123,7 +124,7 @@ def discover(root: str | os.PathLike) -> list[tuple[Path, str, str]]:
     splits = [s for s in SPLITS if s in names]
     if splits:
         split_dirs = [(root / s, s) for s in splits]
-    elif set(LABELS) <= names:
+    elif set(LABELS) <= names or (one_class_ok and names & set(LABELS)):
         split_dirs = [(root, UNSPLIT)]
     else:
         found = ", ".join(sorted(names)) or "nothing"
@@ -134,13 +135,20 @@ def discover(root: str | os.PathLike) -> list[tuple[Path, str, str]]:
     for split_dir, split in split_dirs:
         present = {p.name for p in split_dir.iterdir() if p.is_dir()}
         missing = [c for c in LABELS if c not in present]
-        if missing:
+        if missing and not (one_class_ok and len(missing) < len(LABELS)):
             raise FeatlabError(f"{split_dir}: missing class folder(s) {', '.join(missing)} (need real/ and fake/)")
+        found_images = False
         for class_name in LABELS:
+            if class_name in missing:
+                continue
             files = _class_files(split_dir / class_name)
-            if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
+            if not has_images and not one_class_ok:
                 raise FeatlabError(f"{split_dir / class_name}: class folder holds no images")
+            found_images |= has_images
             entries.extend((f, split, class_name) for f in files)
+        if not found_images:
+            raise FeatlabError(f"{split_dir}: no images in its class folders")
     return entries
 
 
@@ -183,6 +191,7 @@ def scan_dataset(
     check_images: bool = True,
     max_pixels: int = MAX_IMAGE_PIXELS,
     workers: int = 4,
+    one_class_ok: bool = False,
 ) -> pd.DataFrame:
     """Build the manifest of a dataset folder.
 
@@ -194,12 +203,13 @@ def scan_dataset(
         caught and reported by the stage that reads the pixels.
     max_pixels : decompression-bomb limit passed to :func:`load_rgb`.
     workers : threads used for hashing/decoding (both release the GIL).
+    one_class_ok : accept splits holding only real or only fake images (evaluation sets).
 
     Returns
     -------
     pandas.DataFrame with columns ``MANIFEST_COLUMNS``; ``label`` is 0 for real, 1 for fake.
     """
-    entries = discover(root)
+    entries = discover(root, one_class_ok=one_class_ok)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         rows = list(pool.map(lambda e: _describe(e, check_images, max_pixels), entries))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -11,11 +11,14 @@ import pandas as pd
 
 from featlab import CLASS_NAMES
 from featlab.backbones import load_backbone
-from featlab.data import scan_images
+from featlab.cache import dataset_tag
+from featlab.classical import decision_threshold
+from featlab.cnn import load_cnn, predict_cnn, score_images
+from featlab.data import scan_dataset, scan_images
 from featlab.errors import FeatlabError
 from featlab.extract import Extractor, extract_manifest
 from featlab.groups import find_groups, groups_for
-from featlab.metrics import binary_metrics, group_metrics
+from featlab.metrics import binary_metrics, curve_points, group_metrics
 from featlab.modelfile import read_model_meta
 from featlab.recipe import FeatureRecipe
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
@@ -59,19 +62,105 @@ def evaluate_model(
     """
     meta = read_model_meta(model)
     if meta.get("kind") == "cnn":
-        from featlab.cnn import evaluate_cnn
-
         return evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
                             groups_csv=groups_csv)
-    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv, trust_pickle=trust_pickle)
+    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv, trust_pickle=trust_pickle,
+                        data_root=data_root, device=device)
+
+
+def extractor_for(meta: dict, device: str = "auto") -> Extractor:
+    """The exact feature extractor an SVM model folder was fitted on (backbone, weights, recipe, precision)."""
+    extraction = meta["extraction"]
+    backbone = load_backbone(meta["backbone"], _weights_argument(meta["weights_info"]))
+    return Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"],
+                     recipe=FeatureRecipe.from_dict(extraction.get("recipe")))
+
+
+def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
+    """The split to score: ``split`` itself, or ``all`` for an unsplit dataset folder."""
+    splits = set(manifest.split)
+    if split in splits:
+        return split
+    if splits == {"all"}:
+        return "all"
+    raise FeatlabError(f"{root}: no split {split!r} (has {', '.join(sorted(splits))})")
+
+
+def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_root, device: str):
+    """(X, y, index, root, tag) of the images to score: the training dataset's split, or another dataset,
+    whose missing embeddings are extracted into the model's own cache under a separate index."""
+    trained_on = cache.meta.get("data_root", "")
+    if data_root is None or str(Path(data_root).resolve()) == trained_on:
+        X, y, index = cache.load_split(split)
+        return X, y, index, trained_on, ""
+    root = Path(data_root)
+    manifest = scan_dataset(root, check_images=False, one_class_ok=True)
+    split = evaluation_split(manifest, split, root)
+    result = extract_manifest(manifest[manifest.split == split], extractor_for(meta, device), workspace.features,
+                              progress=False, write_index=False)
+    check_features(meta, result.cache)
+    tag = dataset_tag(root)
+    result.cache.write_index(result.manifest, name=tag)
+    X, y, index = result.cache.load_split(split, index_name=tag)
+    return X, y, index, str(root.resolve()), tag
+
+
+def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
+                 device: str = "auto", groups_csv: str | None = None):
+    """Report of a CNN folder on ``split`` of its training data or of another dataset (``data_root``)."""
+    model, prep, meta, torch_device = load_cnn(model_folder, device)
+    root = str(Path(data_root or meta["data_root"]).resolve())
+    manifest = scan_dataset(root, check_images=False, one_class_ok=True)
+    split = evaluation_split(manifest, split, root)
+    rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
+    if rows.empty:
+        raise FeatlabError(f"{root}: split {split!r} holds no images")
+    precision = "fp32"
+    start = time.perf_counter()
+    scores, reasons = score_images(model, prep, list(rows.path), 32, torch_device, precision)
+    seconds = time.perf_counter() - start
+    ok = ~np.isnan(scores)
+    y = rows.label.to_numpy()[ok]
+    metrics = binary_metrics(y, scores[ok], 0.0)
+    metrics["score_kind"] = "logit"
+    curves = curve_points(y, scores[ok], 0.0)
+    groups = group_metrics(y, scores[ok], 0.0, groups_for(list(rows.path[ok]), find_groups(root, groups_csv)))
+    name = Path(model_folder).name
+    elsewhere = root != str(Path(meta["data_root"]).resolve())
+    json_path, plot_dir = report_paths(workspace.reports, name + (f"-on-{dataset_tag(root)}" if elsewhere else ""), split)
+    plot_files = write_plots(plot_dir, y, scores[ok], metrics["confusion_matrix"], name) if plots else {}
+    report = build_report(
+        model={"kind": "cnn", "name": name, "path": str(Path(model_folder).resolve()), "sha256": meta["sha256"],
+               "backbone": meta["arch"], "weights": meta["weights_info"].get("source", "unknown"),
+               "pretrained": bool(meta["weights_info"].get("pretrained")),
+               "params": {"config": meta["config"], "best_epoch": meta["best_epoch"],
+                          "best_valid_auc": meta["best_valid_auc"]},
+               "seed": int(meta["seed"])},
+        data=data_section(root, split, list(rows.sha256[ok]), y, n_train=meta["n_train"], n_valid=meta["n_valid"],
+                          trained_on=meta["data_root"],
+                          skipped=[{"path": p, "reason": r} for p, r in zip(rows.path, reasons) if r]),
+        metrics=metrics,
+        costs={"train_seconds": float(meta.get("train_seconds", 0.0)),
+               "inference_images_per_s": float(len(rows) / seconds),
+               "inference_note": f"end to end (decode + forward, batch 32, {precision}) on {torch_device}",
+               "model_bytes": int(meta["bytes"]), "parameters": int(meta["parameters"])},
+        plots=plot_files,
+        groups=groups,
+        curves=curves,
+    )
+    save_report(report, json_path)
+    return report, json_path
 
 
 def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
-                 groups_csv: str | None = None, trust_pickle: bool = False):
+                 groups_csv: str | None = None, trust_pickle: bool = False, data_root: str | None = None,
+                 device: str = "auto"):
+    """Report of an SVM folder on ``split`` of its training data, or of another dataset (``data_root``)."""
     meta = read_model_meta(model)
     cache = cache_for_model(meta, workspace.features)
     svm = load_svm(model, cache, trust_pickle=trust_pickle)
-    X, y, index = cache.load_split(split)
+    X, y, index, root, tag = _svm_data(svm, meta, cache, workspace, split, data_root, device)
+    split = str(index.split.iloc[0]) if len(index) else split
     if len(X) == 0:
         raise FeatlabError(f"split {split!r} holds no usable images")
     start = time.perf_counter()
@@ -79,15 +168,16 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
     svm_seconds_per_image = (time.perf_counter() - start) / len(X)
     metrics = binary_metrics(y, score, threshold)
     metrics["score_kind"] = kind
+    curves = curve_points(y, score, threshold)
     cmeta = cache.meta
-    known = find_groups(cmeta.get("data_root", ""), groups_csv) if cmeta.get("data_root") else {}
+    known = find_groups(root, groups_csv) if root else {}
     groups = group_metrics(y, score, threshold, groups_for(list(index.path), known))
 
     extract_rate = cmeta.get("extract_images_per_s")
     per_image = (1.0 / extract_rate if extract_rate else float("nan")) + svm_seconds_per_image
     model_bytes = meta["bytes"] + int(cmeta.get("backbone_bytes") or 0)
-    json_path, plot_dir = report_paths(workspace.reports, svm.name, split)
-    data_root = cmeta.get("data_root", "")
+    json_path, plot_dir = report_paths(workspace.reports, svm.name + (f"-on-{tag}" if tag else ""), split)
+    data_root = root
     plot_files = write_plots(plot_dir, y, score, metrics["confusion_matrix"], svm.name, embeddings=X) if plots else {}
     report = build_report(
         model={
@@ -104,7 +194,8 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
                        "selection": meta["selection"], "selection_score_balanced_accuracy": meta["selection_score_balanced_accuracy"]},
             "seed": int(meta["seed"]),
         },
-        data=data_section(data_root, split, list(index.sha256), y, n_train=meta["n_train"], n_valid=meta["n_valid"]),
+        data=data_section(data_root, split, list(index.sha256), y, n_train=meta["n_train"], n_valid=meta["n_valid"],
+                          trained_on=cmeta.get("data_root", "")),
         metrics=metrics,
         costs={
             "train_seconds": float(meta["train_seconds"]),
@@ -115,6 +206,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
         },
         plots=plot_files,
         groups=groups,
+        curves=curves,
     )
     save_report(report, json_path)
     return report, json_path
@@ -130,17 +222,20 @@ def predict_paths(
     -------
     DataFrame with path, score, score_kind, label (real/fake or empty), status, reason.
     """
-    meta = read_model_meta(model)
-    manifest = scan_images(target)
-    if meta.get("kind") == "cnn":
-        from featlab.cnn import predict_cnn
+    return predict_manifest(model, scan_images(target), workspace, batch_size=batch_size, device=device,
+                            progress=progress, trust_pickle=trust_pickle)[0]
 
-        return predict_cnn(model, manifest, batch_size=batch_size, device=device)
+
+def predict_manifest(
+    model: str | os.PathLike, manifest: pd.DataFrame, workspace: Workspace, batch_size: int = 32,
+    device: str = "auto", progress: bool = False, trust_pickle: bool = False,
+) -> tuple[pd.DataFrame, float]:
+    """Scores of the images of a manifest (see :func:`predict_paths`) and the model's threshold."""
+    meta = read_model_meta(model)
+    if meta.get("kind") == "cnn":
+        return predict_cnn(model, manifest, batch_size=batch_size, device=device), 0.0
     svm = load_svm(model, trust_pickle=trust_pickle)  # verified before any extraction work
-    backbone = load_backbone(meta["backbone"], _weights_argument(meta["weights_info"]))
-    extraction = meta["extraction"]
-    extractor = Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"],
-                          recipe=FeatureRecipe.from_dict(extraction.get("recipe")))
+    extractor = extractor_for(meta, device)
     result = extract_manifest(manifest, extractor, workspace.features, batch_size=batch_size, progress=progress,
                               write_index=False)
     check_features(svm.meta, result.cache)
@@ -150,9 +245,42 @@ def predict_paths(
     out["score"] = np.nan
     out["score_kind"] = ""
     out["label"] = ""
+    threshold = decision_threshold(svm.pipeline)
     if ok.any():
         score, threshold, kind = svm.score(result.cache.get(list(rows.sha256[ok])))
         out.loc[ok, "score"] = score
         out.loc[ok, "score_kind"] = kind
         out.loc[ok, "label"] = [CLASS_NAMES[int(s >= threshold)] for s in score]
-    return out[["path", "score", "score_kind", "label", "status", "reason"]]
+    return out[["path", "score", "score_kind", "label", "status", "reason"]], float(threshold)
+
+
+def evaluate_matrix(
+    models: list[str | os.PathLike], data_roots: list[str | os.PathLike], workspace: Workspace, split: str = "test",
+    out: str | os.PathLike | None = None, device: str = "auto", trust_pickle: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Cross-dataset matrix: every model (rows, "trained on X") on every dataset (columns).
+
+    Each cell is exactly the report :func:`evaluate_model` writes for that pair. Writes
+    ``matrix.md``, ``matrix.html`` and ``matrix.png`` (ROC-AUC heatmap) into ``out``.
+
+    Returns
+    -------
+    (long table with one row per cell: model, trained_on, data, split, n, roc_auc, average_precision,
+    accuracy, real_accuracy, fake_accuracy, report), {kind: written path}
+    """
+    from featlab.report import write_matrix
+
+    rows = []
+    for model in models:
+        for root in data_roots:
+            report, path = evaluate_model(model, workspace, split=split, plots=False, data_root=str(root),
+                                          device=device, trust_pickle=trust_pickle)
+            m = report["metrics"]
+            rows.append({"model": report["model"]["name"], "trained_on": Path(report["data"].get("trained_on") or
+                         read_model_meta(model).get("data_root", "")).name, "data": Path(str(root)).name,
+                         "split": report["data"]["split"], "n": report["data"]["n_images"], "roc_auc": m["roc_auc"],
+                         "average_precision": m["average_precision"], "accuracy": m["accuracy"],
+                         "real_accuracy": m["real_accuracy"], "fake_accuracy": m["fake_accuracy"], "report": str(path)})
+    table = pd.DataFrame(rows)
+    written = write_matrix(table, Path(out) if out else workspace.reports / "matrix")
+    return table, written

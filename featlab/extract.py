@@ -12,101 +12,35 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from featlab import __version__
-from featlab.backbones import Backbone, Preprocessing, load_backbone, resolve_auto
+from featlab.backbones import Backbone, load_backbone, resolve_auto
 from featlab.cache import EmbeddingCache
-from featlab.data import load_rgb, scan_dataset
-from featlab.errors import BadImageError, FeatlabError
+from featlab.data import scan_dataset
+from featlab.errors import FeatlabError
+from featlab.perturb import Perturbation
 from featlab.recipe import FeatureRecipe, LayerTap, default_recipe
+from featlab.runtime import (  # noqa: F401 - re-exported for callers of featlab.extract
+    PRECISIONS,
+    ImageTensors,
+    autocast_context,
+    collate_images,
+    cpu_supports_bf16,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
 from featlab.versions import library_versions, utc_now
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "onnxruntime")
-
-
-# ------------------------------------------------------------------ device and dtype
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatlabError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels (AVX-512 BF16 / AMX), where bf16 is fast."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise FeatlabError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise FeatlabError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
-    return precision
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ------------------------------------------------------------------------ dataset
-
-
-class ImageTensors(Dataset):
-    """Decode + resize/crop to uint8 in the workers; bad files yield a reason, not an error."""
-
-    def __init__(self, paths: list[str], preprocessing: Preprocessing) -> None:
-        self.paths = paths
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            image = load_rgb(self.paths[i])
-            return i, self.preprocessing.to_uint8(image), ""
-        except BadImageError as error:
-            crop = self.preprocessing.crop
-            return i, torch.zeros((3, crop, crop), dtype=torch.uint8), str(error)
-
-
-def collate_images(items):
-    """Collate (index, uint8 tensor, reason) items into (indices, batch, reasons)."""
-    indices = torch.tensor([i for i, _, _ in items])
-    return indices, torch.stack([t for _, t, _ in items]), [r for _, _, r in items]
-
-
-def default_workers(device: torch.device) -> int:
-    """Decoding processes. On a small CPU the forward pass needs every core and decoding is a
-    small share of the work, so decoding in-process measured fastest (see the benchmark)."""
-    cpus = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, cpus)
-    return 0 if cpus <= 4 else min(4, cpus // 4)
 
 
 # -------------------------------------------------------------------------- model
@@ -124,6 +58,7 @@ class Extractor:
     engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
         for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
     recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.recipe`).
+    perturbation : applied to every image after decoding (robustness tests); part of the cache key.
     """
 
     backbone: Backbone
@@ -131,13 +66,14 @@ class Extractor:
     precision: str = "auto"
     engine: str = "auto"
     recipe: FeatureRecipe = field(default_factory=FeatureRecipe)
+    perturbation: Perturbation | None = None
 
     def __post_init__(self) -> None:
         self.recipe.validate(self.backbone.spec)
         self.preprocessing = self.backbone.preprocessing.with_view(self.recipe.view)
         self.torch_device = resolve_device(self.device)
         if self.engine not in ENGINES:
-            raise FeatlabError(f"--engine must be one of {', '.join(ENGINES)}")
+            raise FeatlabError(f"engine must be one of {', '.join(ENGINES)}")
         if self.engine == "auto":
             # onnxruntime fp32 measured faster than torch bf16 for this model on CPU (make bench)
             ort_ok = self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]
@@ -145,9 +81,9 @@ class Extractor:
                 "auto", "fp32") else "torch"
         if self.engine == "onnxruntime":
             if self.backbone.name != "resnet50-opennsfw" or not self.backbone.weights["pretrained"]:
-                raise FeatlabError("--engine onnxruntime exists for --backbone resnet50-opennsfw with its shipped weights")
+                raise FeatlabError("engine onnxruntime exists for backbone resnet50-opennsfw with its shipped weights")
             if self.torch_device.type != "cpu":
-                raise FeatlabError("--engine onnxruntime runs on the CPU only")
+                raise FeatlabError("engine onnxruntime runs on the CPU only")
             from featlab.opennsfw import OnnxRuntimeEmbedding
 
             self.precision = "fp32"
@@ -171,6 +107,9 @@ class Extractor:
             "recipe": self.recipe.as_dict(),
             "precision": self.precision,
             "engine": self.engine,
+            # only when set, so the clean cache keeps its key
+            **({"perturbation": self.perturbation.as_dict()} if self.perturbation and not self.perturbation.is_identity
+               else {}),
         }
 
     def __call__(self, batch_uint8: torch.Tensor) -> np.ndarray:
@@ -236,7 +175,7 @@ def extract_manifest(
     ExtractionResult; the cache's ``index.csv`` is rewritten for this manifest.
     """
     if batch_size < 1:
-        raise FeatlabError("--batch-size must be at least 1")
+        raise FeatlabError("batch_size must be at least 1")
     cache = EmbeddingCache.create(
         features_dir,
         extractor.backbone.name,
@@ -270,7 +209,7 @@ def _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_s
     if paths:
         workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
         loader = DataLoader(
-            ImageTensors(paths, extractor.preprocessing),
+            ImageTensors(paths, extractor.preprocessing, extractor.perturbation),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_images,

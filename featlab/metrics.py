@@ -65,12 +65,40 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
         "eer": eer if both else None,
         "eer_threshold": eer_threshold if both else None,
         "per_class_accuracy": per_class,
+        "real_accuracy": per_class["real"],
+        "fake_accuracy": per_class["fake"],
+        **best_threshold_accuracy(y_true, score),
         "confusion_matrix": cm.tolist(),
         "threshold": float(threshold),
         "n": int(len(y_true)),
         "n_real": int((y_true == 0).sum()),
         "n_fake": int((y_true == 1).sum()),
+        "notes": [] if both else [
+            f"one class only ({'fake' if (y_true == 1).all() else 'real'} images): ROC-AUC, AP and EER are undefined "
+            "and left out; read the accuracy of that class (recall for fakes) at the model's threshold"],
     }
+
+
+def best_threshold_accuracy(y_true: np.ndarray, score: np.ndarray) -> dict:
+    """The highest accuracy any threshold reaches on these labels, and that threshold.
+
+    An **oracle** figure (the threshold is chosen on the evaluation labels themselves), reported
+    as the literature does to separate ranking quality from calibration; never a model's accuracy.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=float)
+    if len(np.unique(y_true)) < 2:
+        return {"best_threshold_accuracy_oracle": None, "best_threshold_oracle": None}
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], y_true[order]
+    # Predict fake for the top k scores, k = 0..n; only cut between distinct scores.
+    fakes_above = np.r_[0, np.cumsum(y)]
+    reals_above = np.r_[0, np.cumsum(1 - y)]
+    correct = fakes_above + (reals_above[-1] - reals_above)
+    valid = np.r_[True, s[1:] != s[:-1], True]
+    k = int(np.argmax(np.where(valid, correct, -1)))
+    threshold = float(s[k - 1]) if k > 0 else float(s[0]) + 1.0
+    return {"best_threshold_accuracy_oracle": float(correct[k] / len(y)), "best_threshold_oracle": threshold}
 
 
 def group_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float, groups: list[list[str]]) -> list[dict]:
@@ -110,3 +138,30 @@ def group_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float, group
                        scored_against="accuracy only (one-class group)")
         rows.append(row)
     return rows
+
+
+def curve_points(y_true: np.ndarray, score: np.ndarray, threshold: float, max_points: int = 200) -> dict | None:
+    """ROC and PR curves (at most ``max_points`` each) and the operating point at ``threshold``,
+    stored in reports so that comparison pages overlay curves without re-running any model."""
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=float)
+    if len(np.unique(y_true)) < 2:
+        return None
+    fpr, tpr, _ = skm.roc_curve(y_true, score)
+    precision, recall, _ = skm.precision_recall_curve(y_true, score)
+
+    def thin(*arrays):
+        keep = np.unique(np.linspace(0, len(arrays[0]) - 1, min(max_points, len(arrays[0]))).round().astype(int))
+        return [np.round(a[keep], 5).tolist() for a in arrays]
+
+    predicted = score >= threshold
+    tp = int((predicted & (y_true == 1)).sum())
+    fp = int((predicted & (y_true == 0)).sum())
+    roc_fpr, roc_tpr = thin(fpr, tpr)
+    pr_recall, pr_precision = thin(recall, precision)
+    return {
+        "roc": {"fpr": roc_fpr, "tpr": roc_tpr},
+        "pr": {"recall": pr_recall, "precision": pr_precision},
+        "operating_point": {"fpr": fp / max(1, int((y_true == 0).sum())), "tpr": tp / max(1, int((y_true == 1).sum())),
+                            "precision": tp / max(1, tp + fp)},
+    }

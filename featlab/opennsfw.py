@@ -132,7 +132,7 @@ def load(weights: str = "default") -> Backbone:
             "file": str(onnx_file()),
         }
     else:
-        raise FeatlabError(f"{NAME} takes --weights default (the shipped file) or none, not {weights!r}")
+        raise FeatlabError(f"{NAME} takes weights 'default' (the shipped file) or 'none', not {weights!r}")
     return Backbone(spec=SPEC, model=model, weights=info)
 
 

@@ -96,9 +96,13 @@ def data_section(root: str, split: str, hashes: list[str], labels: np.ndarray, *
 
 
 def build_report(
-    model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None, groups: list[dict] | None = None
+    model: dict, data: dict, metrics: dict, costs: dict, plots: dict | None = None, groups: list[dict] | None = None,
+    curves: dict | None = None,
 ) -> dict:
-    """Assemble and validate a report; ``groups`` are per-group rows from :func:`featlab.metrics.group_metrics`."""
+    """Assemble and validate a report; ``groups`` are per-group rows from :func:`featlab.metrics.group_metrics`,
+    ``curves`` the ROC/PR points from :func:`featlab.metrics.curve_points`."""
+    from featlab.versions import hardware
+
     report = {
         "schema": SCHEMA,
         "created": utc_now(),
@@ -110,6 +114,8 @@ def build_report(
         "costs": costs,
         "plots": plots or {},
         "groups": groups or [],
+        "curves": curves,
+        "hardware": hardware(),
     }
     return validate_report(report)
 
@@ -196,9 +202,12 @@ def print_metrics(report: dict) -> str:
         f"accuracy {fmt(m['accuracy'])}  precision {fmt(m['precision'])}  recall {fmt(m['recall'])}  f1 {fmt(m['f1'])}",
         f"roc_auc  {fmt(m['roc_auc'])}  AP {fmt(m['average_precision'])}  EER {fmt(m['eer'])}  "
         f"threshold {m['threshold']:g}",
-        f"per-class accuracy: real {fmt(m['per_class_accuracy']['real'])}  fake {fmt(m['per_class_accuracy']['fake'])}",
+        f"per-class accuracy: real {fmt(m['per_class_accuracy']['real'])}  fake {fmt(m['per_class_accuracy']['fake'])}"
+        + (f"  best-threshold accuracy {fmt(m['best_threshold_accuracy_oracle'])} (oracle: threshold chosen on "
+           "these labels)" if m.get("best_threshold_accuracy_oracle") is not None else ""),
         f"confusion [[tn, fp], [fn, tp]] = {m['confusion_matrix']}",
     ]
+    lines += [f"note: {note}" for note in m.get("notes", [])]
     groups = report.get("groups") or []
     if groups:
         lines.append("per group (one-class groups: ROC-AUC/AP against all real images, accuracy = recall):")
@@ -296,47 +305,71 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def write_comparison(reports: list[dict], out: str | os.PathLike) -> tuple[Path, Path, str]:
-    """Write ``comparison.md`` and ``comparison.html`` (plots embedded) into ``out``."""
+    """Write ``comparison.md`` and the self-contained ``comparison.html`` (see :mod:`featlab.page`) into ``out``.
+
+    Returns (markdown path, HTML path, the markdown table).
+    """
+    from featlab.page import write_page
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare_reports(reports)
     markdown = to_markdown(table)
-    data = reports[0]["data"]
-    synthetic = " — **SYNTHETIC data (not real faces)**" if data["synthetic"] else ""
-    context = (
-        f"Evaluation data: `{data['root']}` split `{data['split']}`, {data['n_images']} images "
-        f"(fingerprint {data['split_fingerprint'][:12]}){synthetic}. Best value per column in bold."
-    )
-    atomic_write_text(out / "comparison.md", f"# featlab comparison\n\n{context}\n\n{markdown}\n")
-    mask = _best_mask(table)
-    cells = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for i, row in table.iterrows():
-        tds = "".join(
-            f"<td{' class=best' if mask.loc[i, c] else ''}>{html.escape(_fmt(v))}</td>" for c, v in row.items()
-        )
-        body.append(f"<tr>{tds}</tr>")
-    figures = []
-    for r in reports:
-        imgs = []
-        for name in ("roc", "pr", "confusion", "pca_scatter"):
-            path = r.get("plots", {}).get(name)
-            if path and Path(path).is_file():
-                encoded = base64.b64encode(Path(path).read_bytes()).decode()
-                imgs.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}">')
-        if imgs:
-            figures.append(f"<h3>{html.escape(r['model']['name'])}</h3>{''.join(imgs)}")
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>featlab comparison</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:4px 8px;text-align:right}td.best{font-weight:bold;background:#e6f4ea}img{height:260px;margin:4px}"
-        "</style></head><body><h1>featlab comparison</h1>"
-        f"<p>{html.escape(context).replace('**', '')}</p><table><tr>{cells}</tr>{''.join(body)}</table>"
-        f"{''.join(figures)}<p>featlab {__version__}</p></body></html>"
-    )
-    atomic_write_text(out / "comparison.html", page)
-    return out / "comparison.md", out / "comparison.html", markdown
+    md, page = write_page(reports, table, markdown, out, extras_dir=out)
+    return md, page, markdown
 
 
 def save_report(report: dict, path: str | os.PathLike) -> Path:
     return atomic_write_json(path, validate_report(report))
+
+
+def write_matrix(table: pd.DataFrame, out: str | os.PathLike) -> dict[str, Path]:
+    """Cross-dataset matrix as markdown, HTML and a ROC-AUC heatmap (rows: models, columns: test sets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table.assign(row=[f"{m} (trained on {t})" for m, t in zip(table.model, table.trained_on)])
+    rows, columns = list(dict.fromkeys(table.row)), list(dict.fromkeys(table.data))
+
+    def cell(r: str, c: str) -> str:
+        hit = table[(table.row == r) & (table.data == c)].iloc[0]
+        return " / ".join(_fmt_metric(hit[k]) for k in ("roc_auc", "average_precision", "accuracy"))
+
+    md = ["| model \\ test set | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    md += [f"| {r} | " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
+    caption = ("Cells: ROC-AUC / AP / accuracy at the model's threshold; n/a where a test set holds one class "
+               "(its accuracy is then the recall of that class).")
+    atomic_write_text(out / "matrix.md", "# featlab cross-dataset matrix\n\n" + caption + "\n\n" + "\n".join(md) + "\n")
+    auc = np.array([[table[(table.row == r) & (table.data == c)].iloc[0]["roc_auc"] for c in columns] for r in rows],
+                   dtype=float)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(columns), 1.2 + 0.6 * len(rows)))
+    ax.imshow(np.nan_to_num(auc, nan=0.5), cmap="viridis", vmin=0.5, vmax=1.0)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            value = auc[i, j]
+            ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.3f}", ha="center", va="center",
+                    color="black" if not np.isnan(value) and value > 0.8 else "white")
+    ax.set(xticks=range(len(columns)), yticks=range(len(rows)), title="ROC-AUC (rows: model, columns: test set)")
+    ax.set_xticklabels(columns, rotation=20, ha="right")
+    ax.set_yticklabels(rows)
+    fig.tight_layout()
+    fig.savefig(out / "matrix.png", dpi=100)
+    plt.close(fig)
+    encoded = base64.b64encode((out / "matrix.png").read_bytes()).decode()
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{html.escape(cell(r, c))}</td>" for c in columns)
+                   + "</tr>" for r in rows)
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>featlab cross-dataset matrix</title><style>"
+            "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
+            f"<h1>Cross-dataset matrix</h1><p>{html.escape(caption)}</p><table><tr><th>model \\ test set</th>{head}"
+            f"</tr>{body}</table><img alt='ROC-AUC heatmap' src='data:image/png;base64,{encoded}'></body></html>")
+    atomic_write_text(out / "matrix.html", page)
+    return {"markdown": out / "matrix.md", "html": out / "matrix.html", "png": out / "matrix.png"}
+
+
+def _fmt_metric(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

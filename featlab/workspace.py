@@ -33,13 +33,13 @@ class Workspace:
         from featlab.errors import FeatlabError
 
         if self.root.exists() and not self.root.is_dir():
-            raise FeatlabError(f"work folder {self.root} is a file, not a folder; choose another --workdir")
+            raise FeatlabError(f"work folder {self.root} is a file, not a folder; choose another work folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
                 pass
         except OSError as error:
-            raise FeatlabError(f"work folder {self.root} is not writable ({error.strerror}); choose another --workdir") from None
+            raise FeatlabError(f"work folder {self.root} is not writable ({error.strerror}); choose another work folder") from None
         return self
 
     @property

@@ -39,7 +39,7 @@ def test_resume_continues_from_saved_epoch_exactly(synth_root, tmp_path):
     part = train_cnn(TrainConfig(**TINY), synth_root, tmp_path / "part", progress=False, stop_after=1)
     state = torch.load(part / "train" / "last.pt", weights_only=False)
     assert state["epoch"] == 0  # killed after the first epoch
-    with pytest.raises(FeatlabError, match="pass --resume"):
+    with pytest.raises(FeatlabError, match="already holds a training run"):
         train_cnn(TrainConfig(**TINY), synth_root, part, progress=False)
     train_cnn(TrainConfig(**TINY), synth_root, part, resume=True, progress=False)
     a = torch.load(full / "train" / "last.pt", weights_only=False)

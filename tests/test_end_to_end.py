@@ -96,7 +96,7 @@ def test_wrong_backbone_model_refused(fitted, synth_root):
     with pytest.raises(FeatlabError, match="fitted on features of resnet18.*differ in: backbone"):
         load_svm(work / "models" / "svm-r18", other)
     ambiguous = runner.invoke(app, ["fit-svm", "--workdir", str(work)])
-    assert ambiguous.exit_code == 1 and "pass --backbone" in ambiguous.output
+    assert ambiguous.exit_code == 1 and "name the backbone" in ambiguous.output
 
 
 def test_default_pca_on_a_small_train_set_is_capped_and_said(fitted):

@@ -80,3 +80,21 @@ def test_group_metrics_against_hand_computed_values():
     assert easy["roc_auc"] == 1.0 and easy["average_precision"] == 1.0 and easy["accuracy"] == 1.0
     # ranking 0.6(R) 0.4(F) 0.3(R) 0.1(R) for the hard fake: AP = precision at its rank = 1/2
     assert hard["average_precision"] == pytest.approx(0.5)
+
+
+def test_best_threshold_accuracy_and_one_class_sets():
+    from featlab.metrics import best_threshold_accuracy
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.6, 0.9])
+    # sorted: 0.9F 0.8F 0.6R 0.4R 0.35F 0.1R; cut after 0.8: 2 fakes + 3 reals below (0.4, 0.1, 0.6? no: 0.6 is
+    # below the cut) -> reals below = 3, fakes above = 2 -> 5/6; no other cut does better.
+    out = best_threshold_accuracy(y, s)
+    assert out["best_threshold_accuracy_oracle"] == pytest.approx(5 / 6)
+    assert out["best_threshold_oracle"] == pytest.approx(0.8)  # score >= 0.8 is fake
+    ties = best_threshold_accuracy(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5]))
+    assert ties["best_threshold_accuracy_oracle"] == 0.5  # a tie cannot be split
+    fakes_only = binary_metrics(np.array([1, 1, 1]), np.array([0.2, -0.5, 1.0]), 0.0)
+    assert fakes_only["roc_auc"] is None and fakes_only["eer"] is None
+    assert fakes_only["fake_accuracy"] == pytest.approx(2 / 3) and fakes_only["real_accuracy"] is None
+    assert "one class only (fake images)" in fakes_only["notes"][0]

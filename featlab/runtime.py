@@ -1,0 +1,98 @@
+"""What every stage that runs a network shares: device, precision, and decoding images into batches.
+
+Below the stages (extraction, CNN training, robustness), above only data/specs/perturb, so that
+no stage imports a sibling stage for these helpers.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+from torch.utils.data import Dataset
+
+from featlab.data import load_rgb
+from featlab.errors import BadImageError, FeatlabError
+from featlab.perturb import Perturbation
+from featlab.specs import Preprocessing
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# ------------------------------------------------------------------ device and dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatlabError(f"device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels (AVX-512 BF16 / AMX), where bf16 is fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise FeatlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise FeatlabError("precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+    return precision
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------ dataset
+
+
+class ImageTensors(Dataset):
+    """Decode (+ optional perturbation) + resize/crop to uint8 in the workers; bad files yield a reason."""
+
+    def __init__(self, paths: list[str], preprocessing: Preprocessing, perturbation: Perturbation | None = None) -> None:
+        self.paths = paths
+        self.preprocessing = preprocessing
+        self.perturbation = perturbation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_rgb(self.paths[i])
+            if self.perturbation is not None:
+                image = self.perturbation.apply(image)
+            return i, self.preprocessing.to_uint8(image), ""
+        except BadImageError as error:
+            crop = self.preprocessing.crop
+            return i, torch.zeros((3, crop, crop), dtype=torch.uint8), str(error)
+
+
+def collate_images(items):
+    """Collate (index, uint8 tensor, reason) items into (indices, batch, reasons)."""
+    indices = torch.tensor([i for i, _, _ in items])
+    return indices, torch.stack([t for _, t, _ in items]), [r for _, _, r in items]
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes. On a small CPU the forward pass needs every core and decoding is a
+    small share of the work, so decoding in-process measured fastest (see the benchmark)."""
+    cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cpus)
+    return 0 if cpus <= 4 else min(4, cpus // 4)
