@@ -237,6 +237,8 @@ def fit_svm_command(
         "near-RBF accuracy at linear cost, for large sets."
     ),
     seed: int = typer.Option(0, "--seed"),
+    augment: str = typer.Option("", "--augment", help="Add one augmented copy of every training image: jpeg, blur "
+                                "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
     name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
@@ -256,7 +258,7 @@ def fit_svm_command(
     folder, result = fit_from_cache(
         cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
         C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
-        class_weight=class_weight, probability=probability, solver=solver,
+        class_weight=class_weight, probability=probability, solver=solver, augment=augment,
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
     for note in result.notes:
@@ -466,13 +468,16 @@ def robustness(
               (("jpeg", jpeg), ("blur", blur), ("resize", resize), ("noise", noise)) if text}
     if not sweeps:
         raise typer.BadParameter("give at least one of --jpeg, --blur, --resize, --noise")
+    import time as _time
+
     ws = _workspace(workdir)
     folders = [resolve_model(m, ws.models) for m in models]
     target = out or ws.reports / "robustness"
+    started = _time.perf_counter()
     table = run_robustness(folders, data, sweeps, ws, split=split, out=target, device=device,
                            trust_pickle=trust_pickle)
     typer.echo((target / "robustness.md").read_text())
-    typer.echo(f"written: {target} ({len(table)} rows)")
+    typer.echo(f"written: {target} ({len(table)} rows) in {_time.perf_counter() - started:.1f} s")
 
 
 @app.command()

@@ -10,31 +10,18 @@ import numpy as np
 import pandas as pd
 
 from featlab import CLASS_NAMES
-from featlab.backbones import load_backbone
 from featlab.cache import dataset_tag
 from featlab.classical import decision_threshold
 from featlab.cnn import load_cnn, predict_cnn, score_images
 from featlab.data import scan_dataset, scan_images
 from featlab.errors import FeatlabError
-from featlab.extract import Extractor, extract_manifest
+from featlab.extract import Extractor, extract_manifest, extractor_from_config
 from featlab.groups import find_groups, groups_for
 from featlab.metrics import binary_metrics, curve_points, group_metrics
 from featlab.modelfile import read_model_meta
-from featlab.recipe import FeatureRecipe
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
-from featlab.specs import RANDOM_WEIGHTS
 from featlab.svm import cache_for_model, check_features, load_svm
 from featlab.workspace import Workspace
-
-
-def _weights_argument(weights_info: dict) -> str:
-    """The --weights value that reproduces a recorded weights source."""
-    source = weights_info.get("source", "")
-    if source == RANDOM_WEIGHTS:
-        return "none"
-    if source.startswith("file:"):
-        return source.removeprefix("file:")
-    return "default"
 
 
 def _svm_parameters(pipeline) -> int:
@@ -70,10 +57,7 @@ def evaluate_model(
 
 def extractor_for(meta: dict, device: str = "auto") -> Extractor:
     """The exact feature extractor an SVM model folder was fitted on (backbone, weights, recipe, precision)."""
-    extraction = meta["extraction"]
-    backbone = load_backbone(meta["backbone"], _weights_argument(meta["weights_info"]))
-    return Extractor(backbone, device=device, precision=extraction["precision"], engine=extraction["engine"],
-                     recipe=FeatureRecipe.from_dict(extraction.get("recipe")))
+    return extractor_from_config(meta["extraction"], meta["weights_info"], device)
 
 
 def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
@@ -89,10 +73,16 @@ def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
 def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_root, device: str):
     """(X, y, index, root, tag) of the images to score: the training dataset's split, or another dataset,
     whose missing embeddings are extracted into the model's own cache under a separate index."""
-    trained_on = cache.meta.get("data_root", "")
-    if data_root is None or str(Path(data_root).resolve()) == trained_on:
-        X, y, index = cache.load_split(split)
-        return X, y, index, trained_on, ""
+    trained_on = meta.get("data_root") or cache.meta.get("data_root", "")
+    own = data_root is None or str(Path(data_root).resolve()) == trained_on
+    if own:
+        if trained_on and (cache.folder / "indexes" / f"{dataset_tag(trained_on)}.csv").is_file():
+            X, y, index = cache.load_split(split, index_name=dataset_tag(trained_on))
+            return X, y, index, trained_on, ""
+        if cache.meta.get("data_root", "") == trained_on or not trained_on:
+            X, y, index = cache.load_split(split)
+            return X, y, index, trained_on, ""
+        data_root = trained_on  # the latest extraction was of other data: re-read the training set (cached)
     root = Path(data_root)
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
     split = evaluation_split(manifest, split, root)
@@ -102,7 +92,7 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
     tag = dataset_tag(root)
     result.cache.write_index(result.manifest, name=tag)
     X, y, index = result.cache.load_split(split, index_name=tag)
-    return X, y, index, str(root.resolve()), tag
+    return X, y, index, str(root.resolve()), "" if own else tag
 
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
@@ -195,7 +185,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
             "seed": int(meta["seed"]),
         },
         data=data_section(data_root, split, list(index.sha256), y, n_train=meta["n_train"], n_valid=meta["n_valid"],
-                          trained_on=cmeta.get("data_root", "")),
+                          trained_on=meta.get("data_root", "")),
         metrics=metrics,
         costs={
             "train_seconds": float(meta["train_seconds"]),

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from featlab import __version__
 from featlab.backbones import Backbone, load_backbone, resolve_auto
-from featlab.cache import EmbeddingCache
+from featlab.cache import EmbeddingCache, dataset_tag
 from featlab.data import scan_dataset
 from featlab.errors import FeatlabError
 from featlab.perturb import Perturbation
@@ -249,7 +249,9 @@ def _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_s
     if paths:
         cache.update_meta(extract_images_per_s=len(paths) / seconds, extract_device=str(extractor.torch_device))
     if write_index:
-        cache.write_index(manifest)
+        cache.write_index(manifest)  # the latest dataset (what fit-svm trains on next)
+        if data_root:  # and this dataset's own index, which later extractions of other data never replace
+            cache.write_index(manifest, name=dataset_tag(data_root))
         cache.update_meta(data_root=data_root, last_run=utc_now())
     return ExtractionResult(
         cache=cache,
@@ -260,6 +262,26 @@ def _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_s
         device=str(extractor.torch_device),
         precision=extractor.precision,
     )
+
+
+def weights_argument(weights_info: dict) -> str:
+    """The ``weights`` value that reproduces a recorded weights source."""
+    from featlab.specs import RANDOM_WEIGHTS
+
+    source = weights_info.get("source", "")
+    if source == RANDOM_WEIGHTS:
+        return "none"
+    if source.startswith("file:"):
+        return source.removeprefix("file:")
+    return "default"
+
+
+def extractor_from_config(config: dict, weights_info: dict, device: str = "auto",
+                          perturbation: Perturbation | None = None) -> Extractor:
+    """Rebuild the extractor a cache (or a model fitted on it) was made with, optionally perturbing images."""
+    backbone = load_backbone(config["backbone"], weights_argument(weights_info))
+    return Extractor(backbone, device=device, precision=config["precision"], engine=config["engine"],
+                     recipe=FeatureRecipe.from_dict(config.get("recipe")), perturbation=perturbation)
 
 
 def _file_size(path: str | None) -> int | None:

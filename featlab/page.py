@@ -197,7 +197,8 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
     curves_png, drawn = overlay_curves(reports)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>featlab comparison</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:0.5em 0}"
+        "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:0.5em 0;"
+        "font-size:0.85em}.wide{overflow-x:auto}"
         "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td.best{font-weight:bold;background:#e6f4ea}"
         "th{background:#f4f4f4}img{max-width:100%;margin:4px 0}.cm{display:inline-table;margin-right:1.5em}"
         ".cm caption{font-weight:bold}.summary{background:#f7f9fc;padding:0.6em 1em;border-left:4px solid #4a78c2}"
@@ -205,7 +206,7 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
         "<h1>featlab comparison</h1>",
         "<div class='summary'>" + "".join(f"<p>{html.escape(line)}</p>" for line in summary) + "</div>",
         "<h2>Metrics and costs (test split)</h2>",
-        _html_table(table),
+        "<div class='wide'>" + _html_table(table) + "</div>",
         "<p>Best value per column in bold. Parameters: "
         + "; ".join(f"{html.escape(r['model']['name'])}: {html.escape(_params(r))}" for r in reports) + ".</p>",
         f"<h2>ROC and precision-recall, all models</h2><img alt='overlaid ROC and PR curves ({drawn} models)' "

@@ -31,6 +31,9 @@ class Perturbation:
     resize : scale factor in (0, 1]: down-sample by it, then back to the original size.
     noise : standard deviation of Gaussian noise on 0-1 pixel values (0 = none).
     seed : mixed into the per-image noise seed.
+    augment : training augmentation instead of a fixed setting: ``"jpeg"``, ``"blur"`` or
+        ``"jpeg,blur"``, drawn per image as in CNNDetection (each with probability 0.5: blur sigma
+        uniform in [0, 3], JPEG quality uniform in 30-100), seeded by the image's pixels and ``seed``.
     """
 
     jpeg: int | None = None
@@ -38,6 +41,7 @@ class Perturbation:
     resize: float = 1.0
     noise: float = 0.0
     seed: int = 0
+    augment: str = ""
 
     def __post_init__(self) -> None:
         if self.jpeg is not None and not 1 <= int(self.jpeg) <= 100:
@@ -48,16 +52,19 @@ class Perturbation:
             raise FeatlabError(f"resize factor must be in (0, 1], got {self.resize}")
         if not 0 <= self.noise <= 1:
             raise FeatlabError(f"noise std must be in [0, 1] (0-1 pixel units), got {self.noise}")
+        unknown = [a for a in self.augment.split(",") if a and a not in AUGMENTS]
+        if unknown:
+            raise FeatlabError(f"augment: unknown {', '.join(unknown)}; choose from {', '.join(AUGMENTS)}")
 
     @property
     def is_identity(self) -> bool:
-        return self.jpeg is None and self.blur == 0 and self.resize == 1 and self.noise == 0
+        return self.jpeg is None and self.blur == 0 and self.resize == 1 and self.noise == 0 and not self.augment
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
-        parts = []
+        parts = [f"random {self.augment} augmentation (p=0.5 each)"] if self.augment else []
         if self.resize != 1:
             parts.append(f"resize x{self.resize:g}")
         if self.blur:
@@ -72,6 +79,8 @@ class Perturbation:
         """The perturbed RGB image (same size as the input)."""
         if self.is_identity:
             return image
+        if self.augment:
+            return self._augment(image)
         size = image.size
         if self.resize != 1:
             small = (max(1, round(size[0] * self.resize)), max(1, round(size[1] * self.resize)))
@@ -89,6 +98,18 @@ class Perturbation:
             image.save(buffer, "JPEG", quality=int(self.jpeg))
             image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
         return image
+
+
+    def _augment(self, image: Image.Image) -> Image.Image:
+        digest = hashlib.sha256(image.tobytes()).digest()
+        rng = np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+        kinds = self.augment.split(",")
+        blur = float(rng.uniform(0, 3)) if "blur" in kinds and rng.random() < 0.5 else 0.0
+        jpeg = int(rng.integers(30, 101)) if "jpeg" in kinds and rng.random() < 0.5 else None
+        return Perturbation(jpeg=jpeg, blur=blur, seed=self.seed).apply(image)
+
+
+AUGMENTS = ("jpeg", "blur")
 
 
 def parse_levels(kind: str, text: str, seed: int = 0) -> list[Perturbation]:

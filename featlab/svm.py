@@ -54,24 +54,47 @@ class SVMModel:
         return scores(self.pipeline, X)
 
 
+def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int = 0, device: str = "auto",
+                         progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of one augmented copy of every image of ``index`` (CNNDetection-style random JPEG
+    and/or blur, drawn per image, seeded), extracted once into a cache whose key names the augmentation."""
+    from featlab.extract import extract_manifest, extractor_from_config
+    from featlab.perturb import Perturbation
+
+    perturbation = Perturbation(augment=augment, seed=seed)
+    extractor = extractor_from_config(cache.meta["config"], cache.meta.get("weights_info", {}), device, perturbation)
+    manifest = index.assign(label_name="", bytes=0)
+    result = extract_manifest(manifest, extractor, cache.folder.parent, progress=progress, write_index=False)
+    ok = (result.manifest.status == "ok").to_numpy()
+    return result.cache.get(list(result.manifest.sha256[ok])), result.manifest.label.to_numpy(dtype=np.int64)[ok]
+
+
 def fit_from_cache(
     cache: EmbeddingCache,
     models_dir: str | os.PathLike,
     name: str | None = None,
     seed: int = 0,
     n_jobs: int = -1,
+    augment: str = "",
+    device: str = "auto",
     **options,
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
 
     ``options`` are passed to :func:`featlab.classical.fit_svm` (pca, kernel, C, gamma,
-    class_weight, probability, solver).
+    class_weight, probability, solver). ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds
+    one augmented copy of every training image (:func:`augmented_embeddings`); selection stays on
+    the clean valid split.
     """
     X_train, y_train, train_index = cache.load_split("train")
     splits = set(cache.index().split)
     X_valid, y_valid = (cache.load_split("valid")[:2]) if "valid" in splits else (None, None)
     if len(X_train) == 0:
         raise FeatlabError(f"{cache.folder}: the train split holds no usable images")
+    n_clean = len(X_train)
+    if augment:
+        X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
+        X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
     result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **options)
     config = cache.meta["config"]
     name = name or f"svm-{config['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -87,14 +110,15 @@ def fit_from_cache(
         "weights_info": cache.meta.get("weights_info", {}),
         "data_root": cache.meta.get("data_root", ""),
         "class_mapping": LABELS,
-        "options": {k: v for k, v in options.items()},
+        "options": {**options, "augment": augment},
         "best_params": result.best_params,
         "selection": result.selection,
         "selection_score_balanced_accuracy": result.selection_score,
         "search": result.search.to_dict(orient="records"),
         "pca": pca_summary(result.pipeline),
         "notes": result.notes,
-        "n_train": int(len(X_train)),
+        "n_train": int(n_clean),
+        "n_train_augmented": int(len(X_train) - n_clean),
         "n_valid": int(0 if X_valid is None else len(X_valid)),
         "train_seconds": result.fit_seconds + result.search_seconds,
         "fit_seconds": result.fit_seconds,

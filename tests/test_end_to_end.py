@@ -71,7 +71,9 @@ def test_compare_table(fitted):
     work, _ = fitted
     out = invoke("compare", "--workdir", work)
     assert "| svm-r18 |" in out.output
-    assert (work / "reports" / "comparison.html").read_text().count("data:image/png;base64") >= 3
+    page = (work / "reports" / "comparison.html").read_text()
+    assert page.count("data:image/png;base64") >= 2  # overlaid ROC/PR and the cost scatter
+    assert "<table class='cm'>" in page and "SYNTHETIC" in page
 
 
 def test_model_hash_mismatch_refused(fitted, tmp_path):

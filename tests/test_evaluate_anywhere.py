@@ -152,3 +152,31 @@ def test_robustness_bad_input_writes_nothing(trained, synth_root, tmp_path):
                                 "--workdir", str(trained)])
     assert usage.exit_code == 2
     assert not out.exists()
+
+
+def test_fit_svm_on_augmented_copies_extracts_them_once(trained):
+    from featlab.cache import find_caches
+
+    first = ok("fit-svm", "--pca", "8", "--C", "1", "--augment", "jpeg,blur", "--workdir", trained, "--name", "aug")
+    meta = json.loads((trained / "models" / "aug" / "meta.json").read_text())
+    assert meta["n_train_augmented"] == meta["n_train"] == 32 and meta["options"]["augment"] == "jpeg,blur"
+    augmented = [c for c in find_caches(trained / "features")
+                 if (c.meta["config"].get("perturbation") or {}).get("augment")]
+    assert len(augmented) == 1 and augmented[0].meta["config"]["perturbation"]["augment"] == "jpeg,blur"
+    rows = len(augmented[0])
+    ok("fit-svm", "--pca", "8", "--C", "1", "--augment", "jpeg,blur", "--workdir", trained, "--name", "aug2")
+    assert len(augmented[0].__class__(augmented[0].folder)) == rows, "augmented embeddings are reused"
+    assert "roc_auc" in first.output
+    bad = runner.invoke(app, ["fit-svm", "--augment", "sharpen", "--workdir", str(trained)])
+    fails_cleanly(bad, "augment: unknown sharpen")
+
+
+def test_augmentation_draws_are_per_image_and_deterministic():
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in range(12)]
+    p = Perturbation(augment="jpeg,blur", seed=0)
+    once = [np.asarray(p.apply(im)) for im in images]
+    twice = [np.asarray(p.apply(im)) for im in images]
+    assert all(np.array_equal(a, b) for a, b in zip(once, twice))
+    changed = sum(not np.array_equal(a, np.asarray(im)) for a, im in zip(once, images))
+    assert 3 <= changed <= 12, "each image draws its own augmentation (about 3 in 4 are changed)"

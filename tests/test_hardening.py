@@ -282,19 +282,22 @@ def test_synth_refuses_a_folder_of_photos(tmp_path):
 
 
 def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(tmp_path):
+    from data_prep.synth import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", {"train": 150, "valid": 25, "test": 25}, size=64, seed=1)
     work = tmp_path / "w"
-    args = [sys.executable, "-m", "featlab", "extract", "--data", str(REAL_SAMPLE), "--workdir", str(work),
-            "--backbone", "resnet50-opennsfw", "--engine", "torch", "--precision", "fp32", "--batch-size", "8",
-            "--no-progress"]
+    args = [sys.executable, "-m", "featlab", "extract", "--data", str(data), "--workdir", str(work),
+            "--backbone", "resnet50-opennsfw", "--engine", "torch", "--precision", "fp32", "--batch-size", "4",
+            "--flip", "--no-progress"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(work.glob("features/*/meta.json")):
-        time.sleep(0.2)
-    time.sleep(4)  # some batches in
+        time.sleep(0.1)
+    time.sleep(1.5)  # a few batches in, far from the end (400 images)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "featlab: interrupted" in stderr and "resume" in stderr
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "images 160: computed" in again.stdout
+    assert "images 400: computed" in again.stdout
