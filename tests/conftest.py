@@ -25,3 +25,17 @@ def workdir(tmp_path) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 #: The real 160-image sample the repo ships (140K Real and Fake Faces: FFHQ vs StyleGAN).
 REAL_SAMPLE = REPO / "data_prep" / "sample-faces"
+
+#: CLI arguments for a fast, random-weights extractor (plumbing tests only).
+R18 = ["--backbone", "resnet18", "--weights", "none", "--precision", "fp32", "--no-progress"]
+
+
+def cli_ok(*args):
+    """Run the featlab CLI in-process and insist on success (the output is shown when it fails)."""
+    from typer.testing import CliRunner
+
+    from featlab.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result

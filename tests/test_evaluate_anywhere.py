@@ -14,17 +14,12 @@ from typer.testing import CliRunner
 from featlab.cli import app
 from featlab.perturb import Perturbation, parse_levels
 
-from .conftest import REAL_SAMPLE
+from .conftest import R18, REAL_SAMPLE
+from .conftest import cli_ok as ok
 from .test_hardening import fails_cleanly
 
 runner = CliRunner()
-R18 = ["--backbone", "resnet18", "--weights", "none", "--precision", "fp32", "--no-progress"]
 
-
-def ok(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

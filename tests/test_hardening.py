@@ -20,20 +20,15 @@ from typer.testing import CliRunner
 
 from featlab.cli import app
 
-from .conftest import REAL_SAMPLE
+from .conftest import R18, REAL_SAMPLE
+from .conftest import cli_ok as ok
 
 runner = CliRunner()
-R18 = ["--backbone", "resnet18", "--weights", "none", "--precision", "fp32", "--no-progress"]
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def fails_cleanly(result, match: str, code: int = 1) -> None:

@@ -8,18 +8,14 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from featlab.cli import app
 from featlab.page import overlay_curves, params_in_words, short_name, text_color
 from featlab.report import compare_reports, load_reports
 
+from .conftest import R18
+from .conftest import cli_ok as ok
+
 runner = CliRunner()
-R18 = ["--backbone", "resnet18", "--weights", "none", "--precision", "fp32", "--no-progress"]
 
-
-def ok(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
