@@ -423,6 +423,8 @@ def predict(
 def compare(
     reports: list[Path] | None = typer.Argument(None, help="Report JSON files (default: every test report)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for comparison.md/.html (default reports/)."),
+    figures: str = typer.Option("", "--figures", help="Also save the page's figures as svg and/or pdf "
+                                "(comma-separated) under OUT/figures/, for papers."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Put every model's test report side by side (markdown here, HTML with plots in --out)."""
@@ -433,7 +435,8 @@ def compare(
     if not paths:
         raise FeatlabError(f"no reports given and none in {ws.reports}; run featlab fit-svm / evaluate first")
     loaded = load_reports(paths)
-    md, page, markdown = write_comparison(loaded, out or ws.reports)
+    formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+    md, page, markdown = write_comparison(loaded, out or ws.reports, figure_formats=formats)
     from featlab.page import summary_lines
     from featlab.report import compare_reports
 

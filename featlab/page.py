@@ -31,6 +31,10 @@ from featlab import __version__
 from featlab.fileio import atomic_write_text
 
 SHORT = 26  # longest model name printed on a plot; longer names are cut, the full name is in the caption
+FIGURE_FORMATS = ("svg", "pdf")  # extra vector formats a user may ask for (papers); the page embeds PNG
+
+#: Where figures are also written as vector files while a page is rendered: (folder, formats) or None.
+_export: tuple[Path, tuple[str, ...]] | None = None
 
 
 def short_name(name: str) -> str:
@@ -61,12 +65,18 @@ def _cell_fill(value: float, vmax: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _png(fig) -> str:
+def _png(fig, name: str) -> str:
+    """The figure as base64 PNG for the page (and as vector files when an export was asked for)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
+    if _export is not None:
+        folder, formats = _export
+        folder.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            fig.savefig(folder / f"{name}.{fmt}", format=fmt)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
@@ -107,7 +117,7 @@ def overlay_curves(reports: list[dict]) -> tuple[str, int]:
            title="precision-recall curves", xlim=(0, 1), ylim=(0, 1.01))
     roc.legend(loc="lower right")
     pr.legend(loc="lower left")
-    return _png(fig), drawn
+    return _png(fig, "curves"), drawn
 
 
 def cost_scatter(table: pd.DataFrame) -> str:
@@ -125,7 +135,7 @@ def cost_scatter(table: pd.DataFrame) -> str:
         ax.set_xscale("log")
         ax.set(xlabel=label, ylabel="test ROC-AUC", title=f"ROC-AUC vs {column.split()[0]} cost")
     axes[1].legend(loc="best")
-    return _png(fig)
+    return _png(fig, "cost")
 
 
 def group_bars(reports: list[dict]) -> str | None:
@@ -145,7 +155,7 @@ def group_bars(reports: list[dict]) -> str | None:
     ax.set(ylabel="test ROC-AUC", ylim=(0.4, 1.0), title="ROC-AUC per group (one-class groups: against all reals)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return _png(fig, "groups")
 
 
 def confusion_html(report: dict) -> str:
@@ -273,11 +283,27 @@ def _html_table(table: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def check_figure_formats(figure_formats: tuple[str, ...]) -> None:
+    from featlab.errors import FeatlabError
+
+    unknown = [f for f in figure_formats if f not in FIGURE_FORMATS]
+    if unknown:
+        raise FeatlabError(f"figure format {', '.join(unknown)} not supported; choose from {', '.join(FIGURE_FORMATS)}")
+
+
 def write_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, out: str | os.PathLike,
-               extras_dir: Path | None = None) -> tuple[Path, Path]:
+               extras_dir: Path | None = None, figure_formats: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write comparison.md and comparison.html; ``figure_formats`` (svg, pdf) also saves the page's
+    figures as vector files under ``out/figures/`` for papers."""
+    global _export
+    check_figure_formats(figure_formats)
     out = Path(out)
     summary = "\n\n".join(summary_lines(reports, table))
     atomic_write_text(out / "comparison.md", f"# featlab comparison\n\n{summary}\n\nBest value per column in bold.\n\n"
                                              f"{markdown_table}\n")
-    atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir))
+    _export = (out / "figures", tuple(figure_formats)) if figure_formats else None
+    try:
+        atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir))
+    finally:
+        _export = None
     return out / "comparison.md", out / "comparison.html"

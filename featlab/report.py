@@ -304,18 +304,20 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_comparison(reports: list[dict], out: str | os.PathLike) -> tuple[Path, Path, str]:
+def write_comparison(reports: list[dict], out: str | os.PathLike,
+                     figure_formats: tuple[str, ...] = ()) -> tuple[Path, Path, str]:
     """Write ``comparison.md`` and the self-contained ``comparison.html`` (see :mod:`featlab.page`) into ``out``.
 
     Returns (markdown path, HTML path, the markdown table).
     """
-    from featlab.page import write_page
+    from featlab.page import check_figure_formats, write_page
 
+    check_figure_formats(figure_formats)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare_reports(reports)
     markdown = to_markdown(table)
-    md, page = write_page(reports, table, markdown, out, extras_dir=out)
+    md, page = write_page(reports, table, markdown, out, extras_dir=out, figure_formats=figure_formats)
     return md, page, markdown
 
 

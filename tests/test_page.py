@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from featlab.cli import app
 from featlab.page import overlay_curves, params_in_words, short_name, text_color
 from featlab.report import compare_reports, load_reports
 
@@ -87,3 +88,15 @@ def test_page_renders_in_headless_chromium(reports_dir, tmp_path):
     subprocess.run([browser, *flags, "--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.stat().st_size > 20_000
+
+
+def test_figures_for_papers_as_svg_and_pdf(reports_dir, tmp_path):
+    paths = sorted((reports_dir / "reports").glob("*-test.json"))
+    ok("compare", *paths, "--out", tmp_path / "page", "--figures", "svg,pdf", "--workdir", reports_dir)
+    figures = tmp_path / "page" / "figures"
+    assert (figures / "curves.svg").read_text().lstrip().startswith("<?xml")
+    assert (figures / "cost.pdf").read_bytes()[:4] == b"%PDF"
+    bad = runner.invoke(app, ["compare", *map(str, paths), "--out", str(tmp_path / "x"), "--figures", "gif",
+                              "--workdir", str(reports_dir)])
+    assert bad.exit_code == 1 and "figure format gif not supported" in bad.output
+    assert not (tmp_path / "x").exists(), "nothing written on bad input"
