@@ -230,14 +230,19 @@ def scan_images(target: str | os.PathLike) -> pd.DataFrame:
             raise FeatlabError(f"{target}: no image files found")
     else:
         raise FeatlabError(f"not found: {target}")
+    return files_manifest(files)
+
+
+def files_manifest(files: list[str | os.PathLike], split: str = "predict") -> pd.DataFrame:
+    """Manifest of given image files (labels unknown, ``-1``); unreadable files are quarantined, never fatal."""
     rows = []
-    for p in files:
-        row = {"path": str(p.resolve()), "split": "predict", "label": -1, "label_name": "", "bytes": 0,
+    for p in map(Path, files):
+        row = {"path": str(p.resolve()), "split": split, "label": -1, "label_name": "", "bytes": 0,
                "sha256": "", "status": "ok", "reason": ""}
         try:
             row["bytes"] = p.stat().st_size
             row["sha256"] = sha256_file(p)
-        except OSError as error:  # listed as skipped, never fatal
+        except OSError as error:
             row.update(status="quarantined", reason=unreadable_reason(error))
         rows.append(row)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

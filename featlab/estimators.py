@@ -49,20 +49,9 @@ def _as_items(X) -> list:
 
 
 def _paths_manifest(paths: list) -> pd.DataFrame:
-    from featlab.data import MANIFEST_COLUMNS, unreadable_reason
-    from featlab.fileio import sha256_file
+    from featlab.data import files_manifest
 
-    rows = []
-    for p in paths:
-        row = {"path": str(Path(p).resolve()), "split": "x", "label": -1, "label_name": "", "bytes": 0,
-               "sha256": "", "status": "ok", "reason": ""}
-        try:
-            row["bytes"] = Path(p).stat().st_size
-            row["sha256"] = sha256_file(p)
-        except OSError as error:
-            row.update(status="quarantined", reason=unreadable_reason(error))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return files_manifest(paths, split="x")
 
 
 class DeepFeatures(TransformerMixin, BaseEstimator):

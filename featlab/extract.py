@@ -57,7 +57,9 @@ class Extractor:
     precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
     engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
         for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
-    recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.recipe`).
+    recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.recipe`); the
+        dataclass default is the classic pooled embedding, while ``featlab extract`` and
+        :class:`featlab.DeepFeatures` use :func:`featlab.recipe.default_recipe`.
     perturbation : applied to every image after decoding (robustness tests); part of the cache key.
     """
 
