@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pandas as pd
 
 from featlab import __version__
 from featlab.fileio import atomic_write_text
+from featlab.report import format_cell, table_cells
 
 SHORT = 26  # longest model name printed on a plot; longer names are cut, the full name is in the caption
 FIGURE_FORMATS = ("svg", "pdf")  # extra vector formats a user may ask for (papers); the page embeds PNG
@@ -231,7 +231,7 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
         groups = sorted({g["group"] for r in reports for g in r.get("groups") or []})
         rows = "".join(
             f"<tr><th>{html.escape(r['model']['name'])}</th>"
-            + "".join(f"<td>{_fmt({g['group']: g for g in r.get('groups') or []}.get(name, {}).get('roc_auc'))}</td>"
+            + "".join(f"<td>{format_cell({g['group']: g for g in r.get('groups') or []}.get(name, {}).get('roc_auc'))}</td>"
                       for name in groups) + "</tr>" for r in reports)
         parts.append("<h2>Per group</h2><table><tr><th>model</th>"
                      + "".join(f"<th>{html.escape(g)}</th>" for g in groups) + f"</tr>{rows}</table>"
@@ -261,25 +261,10 @@ def _params(report: dict) -> str:
             f"head {config.get('head_layers', 'pool')}")
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    return str(value)
-
-
 def _html_table(table: pd.DataFrame) -> str:
-    from featlab.report import _best_mask
-
-    mask = _best_mask(table)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td{' class=best' if mask.loc[i, c] else ''}>{html.escape(_fmt(v))}</td>"
-                         for c, v in row.items()) + "</tr>"
-        for i, row in table.iterrows())
+    body = "".join("<tr>" + "".join(f"<td{' class=best' if best else ''}>{html.escape(text)}</td>" for text, best in row)
+                   + "</tr>" for row in table_cells(table))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -284,23 +284,28 @@ def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-def _fmt(value) -> str:
+def format_cell(value) -> str:
+    """A table value as people read it: n/a, thousands separators, 4 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     return str(value)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def table_cells(table: pd.DataFrame) -> list[list[tuple[str, bool]]]:
+    """Rows of (formatted value, best in its column) for the comparison table, in any output format."""
     mask = _best_mask(table)
+    return [[(format_cell(v), bool(mask.loc[i, c])) for c, v in row.items()] for i, row in table.iterrows()]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     lines = [header, "|" + "---|" * len(table.columns)]
-    for i, row in table.iterrows():
-        cells = [f"**{_fmt(v)}**" if mask.loc[i, c] else _fmt(v) for c, v in row.items()]
-        lines.append("| " + " | ".join(cells) + " |")
+    for row in table_cells(table):
+        lines.append("| " + " | ".join(f"**{text}**" if best else text for text, best in row) + " |")
     return "\n".join(lines)
 
 
