@@ -241,6 +241,9 @@ def fit_svm_command(
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
+    features: str = typer.Option("", "--features", help="Concatenate feature caches (folder names under "
+                                 "features/, comma-separated, as 'featlab extract' prints them): other backbones, "
+                                 "layers or recipes side by side, on the dataset the first one indexes."),
     name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
@@ -252,7 +255,17 @@ def fit_svm_command(
     from featlab.svm import fit_from_cache
 
     ws = _workspace(workdir)
-    cache = select_cache(ws.features, backbone)
+    if features:
+        from featlab.cache import EmbeddingCache
+        from featlab.svm import concat_caches
+
+        folders = [ws.features / part.strip() for part in features.split(",") if part.strip()]
+        missing = [f.name for f in folders if not (f / "meta.json").is_file()]
+        if missing:
+            raise FeatlabError(f"no feature cache named {', '.join(missing)} in {ws.features}")
+        cache = concat_caches([EmbeddingCache(f) for f in folders], ws.features)
+    else:
+        cache = select_cache(ws.features, backbone)
     if class_weight not in (None, "balanced"):
         raise typer.BadParameter("only 'balanced' is supported", param_hint="--class-weight")
     folder, result = fit_from_cache(

@@ -15,7 +15,7 @@ from featlab.classical import decision_threshold
 from featlab.cnn import load_cnn, predict_cnn, score_images
 from featlab.data import scan_dataset, scan_images
 from featlab.errors import FeatlabError
-from featlab.extract import Extractor, extract_manifest, extractor_from_config
+from featlab.extract import embed
 from featlab.groups import find_groups, groups_for
 from featlab.metrics import binary_metrics, curve_points, group_metrics
 from featlab.modelfile import read_model_meta
@@ -55,11 +55,6 @@ def evaluate_model(
                         data_root=data_root, device=device)
 
 
-def extractor_for(meta: dict, device: str = "auto") -> Extractor:
-    """The exact feature extractor an SVM model folder was fitted on (backbone, weights, recipe, precision)."""
-    return extractor_from_config(meta["extraction"], meta["weights_info"], device)
-
-
 def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
     """The split to score: ``split`` itself, or ``all`` for an unsplit dataset folder."""
     splits = set(manifest.split)
@@ -86,8 +81,8 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
     root = Path(data_root)
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
     split = evaluation_split(manifest, split, root)
-    result = extract_manifest(manifest[manifest.split == split], extractor_for(meta, device), workspace.features,
-                              progress=False, write_index=False)
+    result = embed(manifest[manifest.split == split], meta["extraction"], meta["weights_info"], workspace.features,
+                   device)
     check_features(meta, result.cache)
     tag = dataset_tag(root)
     result.cache.write_index(result.manifest, name=tag)
@@ -177,7 +172,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
             "sha256": meta["sha256"],
             "backbone": meta["backbone"],
             "weights": meta["weights_info"].get("source", "unknown"),
-            "weights_fingerprint": meta["extraction"]["weights"],
+            "weights_fingerprint": meta["extraction"].get("weights", meta["weights_info"].get("fingerprint")),
             "pretrained": bool(meta["weights_info"].get("pretrained", False)),
             "extraction": meta["extraction"],
             "params": {"best": meta["best_params"], "options": meta["options"], "pca": meta["pca"],
@@ -225,9 +220,8 @@ def predict_manifest(
     if meta.get("kind") == "cnn":
         return predict_cnn(model, manifest, batch_size=batch_size, device=device), 0.0
     svm = load_svm(model, trust_pickle=trust_pickle)  # verified before any extraction work
-    extractor = extractor_for(meta, device)
-    result = extract_manifest(manifest, extractor, workspace.features, batch_size=batch_size, progress=progress,
-                              write_index=False)
+    result = embed(manifest, meta["extraction"], meta["weights_info"], workspace.features, device,
+                   batch_size=batch_size, progress=progress)
     check_features(svm.meta, result.cache)
     rows = result.manifest
     ok = rows.status == "ok"

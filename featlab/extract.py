@@ -286,6 +286,66 @@ def extractor_from_config(config: dict, weights_info: dict, device: str = "auto"
                      recipe=FeatureRecipe.from_dict(config.get("recipe")), perturbation=perturbation)
 
 
+def embed(
+    manifest: pd.DataFrame, config: dict, weights_info: dict, features_dir: str | os.PathLike, device: str = "auto",
+    perturbation: Perturbation | None = None, batch_size: int = 32, progress: bool = False,
+    write_index: bool = False, data_root: str = "",
+) -> ExtractionResult:
+    """Embeddings of a manifest for a recorded feature config: one extractor, or the concatenation of
+    several caches' features (``featlab fit-svm --features A,B``; see :func:`concat_results`)."""
+    if "concat" not in config:
+        extractor = extractor_from_config(config, weights_info, device, perturbation)
+        return extract_manifest(manifest, extractor, features_dir, batch_size=batch_size, progress=progress,
+                                write_index=write_index, data_root=data_root)
+    parts = [embed(manifest, part["config"], part["weights_info"], features_dir, device, perturbation, batch_size,
+                   progress) for part in weights_info["parts"]]
+    return concat_results(parts, features_dir, write_index=write_index, data_root=data_root)
+
+
+def concat_results(parts: list[ExtractionResult], features_dir: str | os.PathLike, write_index: bool = False,
+                   data_root: str = "") -> ExtractionResult:
+    """One cache holding, per image, the concatenation of the parts' embeddings (in order).
+
+    Its config names every part's config, so it has its own key; an image is usable only when
+    every part could embed it.
+    """
+    metas = [p.cache.meta for p in parts]
+    config = {"backbone": "+".join(m["config"]["backbone"] for m in metas), "concat": [m["config"] for m in metas]}
+    weights_info = {
+        "source": " + ".join(m["weights_info"]["source"] for m in metas),
+        "fingerprint": "+".join(str(m["weights_info"].get("fingerprint")) for m in metas),
+        "pretrained": all(m["weights_info"].get("pretrained") for m in metas),
+        "file": None,
+        "parts": [{"config": m["config"], "weights_info": m["weights_info"], "cache": p.cache.folder.name}
+                  for m, p in zip(metas, parts)],
+    }
+    cache = EmbeddingCache.create(features_dir, "concat", config, extra_meta={
+        "embed_dim": sum(int(m["embed_dim"]) for m in metas), "weights_info": weights_info,
+        "backbone_parameters": sum(int(m.get("backbone_parameters") or 0) for m in metas),
+        "backbone_bytes": sum(int(m.get("backbone_bytes") or 0) for m in metas),
+        "versions": library_versions(), "created": utc_now(), "featlab": __version__,
+    })
+    manifest = parts[0].manifest.copy()
+    for other in parts[1:]:
+        bad = other.manifest.set_index("path").status.reindex(manifest.path).to_numpy() != "ok"
+        manifest.loc[bad & (manifest.status == "ok").to_numpy(), ["status", "reason"]] = ["quarantined",
+                                                                                         "not embedded by every part"]
+    with cache.writer_lock():
+        cache._locations = None
+        usable = list(dict.fromkeys(manifest.sha256[manifest.status == "ok"]))
+        todo = [h for h in usable if h not in cache]
+        if todo:
+            cache.add(todo, np.hstack([p.cache.get(todo) for p in parts]))
+    if write_index:
+        cache.write_index(manifest)
+        if data_root:
+            cache.write_index(manifest, name=dataset_tag(data_root))
+        cache.update_meta(data_root=data_root, last_run=utc_now())
+    return ExtractionResult(cache=cache, manifest=manifest, computed=sum(p.computed for p in parts),
+                            failed=sum(p.failed for p in parts), seconds=sum(p.seconds for p in parts),
+                            device=parts[0].device, precision="+".join(p.precision for p in parts))
+
+
 def _file_size(path: str | None) -> int | None:
     return os.path.getsize(path) if path and os.path.isfile(path) else None
 

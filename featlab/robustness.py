@@ -17,7 +17,7 @@ import pandas as pd
 
 from featlab.data import scan_dataset
 from featlab.errors import FeatlabError
-from featlab.extract import extract_manifest
+from featlab.extract import embed
 from featlab.fileio import atomic_write_json, atomic_write_text
 from featlab.metrics import binary_metrics
 from featlab.modelfile import read_model_meta
@@ -28,19 +28,25 @@ from featlab.workspace import Workspace
 
 def _svm_scores(model, meta: dict, rows: pd.DataFrame, perturbation: Perturbation, workspace: Workspace,
                 device: str, trust_pickle: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    from featlab.evaluate import extractor_for
     from featlab.svm import load_svm
 
     svm = load_svm(model, trust_pickle=trust_pickle)
-    extractor = extractor_for(meta, device)
-    extractor.perturbation = None if perturbation.is_identity else perturbation
-    result = extract_manifest(rows, extractor, workspace.features, progress=False, write_index=False)
-    theirs = {k: v for k, v in result.cache.meta["config"].items() if k != "perturbation"}
-    if theirs != meta["extraction"]:
+    result = embed(rows, meta["extraction"], meta["weights_info"], workspace.features, device,
+                   None if perturbation.is_identity else perturbation)
+    if _without_perturbation(result.cache.meta["config"]) != meta["extraction"]:
         raise FeatlabError(f"{model}: its features cannot be reproduced for the robustness test (settings differ)")
     ok = (result.manifest.status == "ok").to_numpy()
     score, threshold, _ = svm.score(result.cache.get(list(result.manifest.sha256[ok])))
     return score, result.manifest.label.to_numpy()[ok], threshold
+
+
+def _without_perturbation(config):
+    """A feature config with every perturbation entry removed (also inside concatenated parts)."""
+    if isinstance(config, dict):
+        return {k: _without_perturbation(v) for k, v in config.items() if k != "perturbation"}
+    if isinstance(config, list):
+        return [_without_perturbation(v) for v in config]
+    return config
 
 
 def _cnn_scores(model, rows: pd.DataFrame, perturbation: Perturbation, device: str):

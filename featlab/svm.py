@@ -58,15 +58,32 @@ def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int =
                          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of one augmented copy of every image of ``index`` (CNNDetection-style random JPEG
     and/or blur, drawn per image, seeded), extracted once into a cache whose key names the augmentation."""
-    from featlab.extract import extract_manifest, extractor_from_config
+    from featlab.extract import embed
     from featlab.perturb import Perturbation
 
     perturbation = Perturbation(augment=augment, seed=seed)
-    extractor = extractor_from_config(cache.meta["config"], cache.meta.get("weights_info", {}), device, perturbation)
     manifest = index.assign(label_name="", bytes=0)
-    result = extract_manifest(manifest, extractor, cache.folder.parent, progress=progress, write_index=False)
+    result = embed(manifest, cache.meta["config"], cache.meta.get("weights_info", {}), cache.folder.parent, device,
+                   perturbation, progress=progress)
     ok = (result.manifest.status == "ok").to_numpy()
     return result.cache.get(list(result.manifest.sha256[ok])), result.manifest.label.to_numpy(dtype=np.int64)[ok]
+
+
+def concat_caches(caches: list[EmbeddingCache], features_dir: str | os.PathLike, device: str = "auto",
+                  progress: bool = False) -> EmbeddingCache:
+    """One cache whose embeddings concatenate those of ``caches`` (other backbones, layers or recipes) on the
+    dataset the first one indexes; images a part lacks are extracted for it first. Selection of such a
+    combination belongs on the valid split, like any other recipe."""
+    from featlab.extract import concat_results, embed
+
+    if len(caches) < 2:
+        raise FeatlabError("features: name at least two feature caches to concatenate")
+    first = caches[0]
+    manifest = first.index().assign(label_name="", bytes=0)
+    root = first.meta.get("data_root", "")
+    parts = [embed(manifest, c.meta["config"], c.meta.get("weights_info", {}), features_dir, device, progress=progress)
+             for c in caches]
+    return concat_results(parts, features_dir, write_index=True, data_root=root).cache
 
 
 def fit_from_cache(

@@ -136,3 +136,38 @@ def test_model_fitted_on_one_recipe_refuses_features_of_another(synth_root, tmp_
     gem = next(c for c in find_caches(work / "features") if c.meta["config"]["recipe"]["pooling"] == "gem")
     with pytest.raises(FeatlabError, match="differ in: recipe"):
         load_svm(work / "models" / "m", gem)
+
+
+def test_concatenated_caches_fit_evaluate_predict_and_refuse_single_features(synth_root, tmp_path):
+    import json
+
+    from featlab.cache import find_caches
+    from featlab.svm import load_svm
+
+    from .conftest import R18, REAL_SAMPLE
+    from .conftest import cli_ok as ok
+
+    work = tmp_path / "work"
+    ok("extract", "--data", synth_root, *R18, "--layers", "layer2", "--pooling", "avg", "--workdir", work)
+    ok("extract", "--data", synth_root, *R18, "--layers", "layer3", "--pooling", "gem", "--workdir", work)
+    names = sorted(c.folder.name for c in find_caches(work / "features"))
+    fit = ok("fit-svm", "--features", ",".join(names), "--pca", "8", "--C", "1", "--workdir", work, "--name", "cat")
+    assert "roc_auc" in fit.output
+    meta = json.loads((work / "models" / "cat" / "meta.json").read_text())
+    assert len(meta["extraction"]["concat"]) == 2 and meta["backbone"] == "resnet18+resnet18"
+    concat = next(c for c in find_caches(work / "features") if "concat" in c.meta["config"])
+    assert concat.meta["embed_dim"] == 128 + 256 and len(concat) == 56
+    parts = [next(c for c in find_caches(work / "features") if c.folder.name == n) for n in names]
+    some = list(concat.index().sha256[:3])
+    np.testing.assert_array_equal(concat.get(some), np.hstack([parts[0].get(some), parts[1].get(some)])
+                                  if parts[0].meta["embed_dim"] == 128 else np.hstack([parts[1].get(some),
+                                                                                       parts[0].get(some)]))
+    other = ok("evaluate", "cat", "--data", REAL_SAMPLE, "--workdir", work, "--no-plots")
+    assert "n=30" in other.output
+    predicted = ok("predict", "cat", REAL_SAMPLE / "test" / "fake", "--workdir", work)
+    assert "15 classified" in predicted.output
+    with pytest.raises(FeatlabError, match="differ in: backbone, concat"):
+        load_svm(work / "models" / "cat", parts[0])
+    bad = __import__("typer.testing", fromlist=["CliRunner"]).CliRunner().invoke(
+        __import__("featlab.cli", fromlist=["app"]).app, ["fit-svm", "--features", "nope,other", "--workdir", str(work)])
+    assert bad.exit_code == 1 and "no feature cache named nope, other" in bad.output
