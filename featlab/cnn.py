@@ -40,6 +40,7 @@ from featlab.errors import FeatlabError
 from featlab.fileio import atomic_write, atomic_write_text
 from featlab.metrics import binary_metrics
 from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
+from featlab.perturb import Perturbation
 from featlab.recipe import LayerTap, parse_recipe
 from featlab.runtime import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
 from featlab.specs import Preprocessing
@@ -251,13 +252,14 @@ def _set_frozen(model: nn.Module, frozen: bool) -> None:
 
 def score_images(
     model: nn.Module, prep: Preprocessing, paths: list[str], batch_size: int, device: torch.device, precision: str,
-    workers: int = 0,
+    workers: int = 0, perturbation: Perturbation | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """(logit per image, reason per image: "" when decoded)."""
+    """(logit per image, reason per image: "" when decoded); ``perturbation`` is applied after decoding."""
     model.eval()
     scores = np.full(len(paths), np.nan, dtype=np.float64)
     reasons = [""] * len(paths)
-    loader = DataLoader(ImageTensors(paths, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate_images)
+    loader = DataLoader(ImageTensors(paths, prep, perturbation), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_images)
     with torch.inference_mode():
         for indices, batch, why in loader:
             x = prep.normalize(batch.to(device)).contiguous(memory_format=torch.channels_last)

@@ -33,8 +33,8 @@ from featlab.report import format_cell, table_cells
 SHORT = 26  # longest model name printed on a plot; longer names are cut, the full name is in the caption
 FIGURE_FORMATS = ("svg", "pdf")  # extra vector formats a user may ask for (papers); the page embeds PNG
 
-#: Where figures are also written as vector files while a page is rendered: (folder, formats) or None.
-_export: tuple[Path, tuple[str, ...]] | None = None
+#: Where a page's figures are also written as vector files: (folder, formats), or None for the page only.
+Export = tuple[Path, tuple[str, ...]] | None
 
 
 def short_name(name: str) -> str:
@@ -65,15 +65,15 @@ def _cell_fill(value: float, vmax: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _png(fig, name: str) -> str:
+def _png(fig, name: str, export: Export = None) -> str:
     """The figure as base64 PNG for the page (and as vector files when an export was asked for)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    if _export is not None:
-        folder, formats = _export
+    if export is not None:
+        folder, formats = export
         folder.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             fig.savefig(folder / f"{name}.{fmt}", format=fmt)
@@ -92,7 +92,7 @@ def _style():
     return plt
 
 
-def overlay_curves(reports: list[dict]) -> tuple[str, int]:
+def overlay_curves(reports: list[dict], export: Export = None) -> tuple[str, int]:
     """ROC and PR of every model on two panels (base64 PNG) and the number of curves drawn."""
     plt = _style()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -117,10 +117,10 @@ def overlay_curves(reports: list[dict]) -> tuple[str, int]:
            title="precision-recall curves", xlim=(0, 1), ylim=(0, 1.01))
     roc.legend(loc="lower right")
     pr.legend(loc="lower left")
-    return _png(fig, "curves"), drawn
+    return _png(fig, "curves", export), drawn
 
 
-def cost_scatter(table: pd.DataFrame) -> str:
+def cost_scatter(table: pd.DataFrame, export: Export = None) -> str:
     plt = _style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, column, label in ((axes[0], "train s", "training time (s, log scale)"),
@@ -135,10 +135,10 @@ def cost_scatter(table: pd.DataFrame) -> str:
         ax.set_xscale("log")
         ax.set(xlabel=label, ylabel="test ROC-AUC", title=f"ROC-AUC vs {column.split()[0]} cost")
     axes[1].legend(loc="best")
-    return _png(fig, "cost")
+    return _png(fig, "cost", export)
 
 
-def group_bars(reports: list[dict]) -> str | None:
+def group_bars(reports: list[dict], export: Export = None) -> str | None:
     groups = sorted({g["group"] for r in reports for g in r.get("groups") or [] if g.get("roc_auc") is not None})
     if not groups:
         return None
@@ -155,7 +155,7 @@ def group_bars(reports: list[dict]) -> str | None:
     ax.set(ylabel="test ROC-AUC", ylim=(0.4, 1.0), title="ROC-AUC per group (one-class groups: against all reals)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.legend(fontsize=7)
-    return _png(fig, "groups")
+    return _png(fig, "groups", export)
 
 
 def confusion_html(report: dict) -> str:
@@ -201,10 +201,11 @@ def _embed_file(path: Path, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, extras_dir: Path | None = None) -> str:
+def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, extras_dir: Path | None = None,
+                export: Export = None) -> str:
     """The HTML page (see module docstring)."""
     summary = summary_lines(reports, table)
-    curves_png, drawn = overlay_curves(reports)
+    curves_png, drawn = overlay_curves(reports, export)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>featlab comparison</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:0.5em 0;"
@@ -221,12 +222,12 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
         + "; ".join(f"{html.escape(r['model']['name'])}: {html.escape(_params(r))}" for r in reports) + ".</p>",
         f"<h2>ROC and precision-recall, all models</h2><img alt='overlaid ROC and PR curves ({drawn} models)' "
         f"src='data:image/png;base64,{curves_png}'>",
-        f"<h2>Accuracy against cost</h2><img alt='ROC-AUC vs cost' src='data:image/png;base64,{cost_scatter(table)}'>"
+        f"<h2>Accuracy against cost</h2><img alt='ROC-AUC vs cost' src='data:image/png;base64,{cost_scatter(table, export)}'>"
         "<p>Squares: SVM on frozen features (train time = grid search + fit; throughput includes feature "
         "extraction). Circles: fine-tuned CNNs.</p>",
         "<h2>Confusion matrices (at each model's threshold)</h2>" + "".join(confusion_html(r) for r in reports),
     ]
-    bars = group_bars(reports)
+    bars = group_bars(reports, export)
     if bars:
         groups = sorted({g["group"] for r in reports for g in r.get("groups") or []})
         rows = "".join(
@@ -280,15 +281,11 @@ def write_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, ou
                extras_dir: Path | None = None, figure_formats: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Write comparison.md and comparison.html; ``figure_formats`` (svg, pdf) also saves the page's
     figures as vector files under ``out/figures/`` for papers."""
-    global _export
     check_figure_formats(figure_formats)
     out = Path(out)
     summary = "\n\n".join(summary_lines(reports, table))
     atomic_write_text(out / "comparison.md", f"# featlab comparison\n\n{summary}\n\nBest value per column in bold.\n\n"
                                              f"{markdown_table}\n")
-    _export = (out / "figures", tuple(figure_formats)) if figure_formats else None
-    try:
-        atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir))
-    finally:
-        _export = None
+    export = (out / "figures", tuple(figure_formats)) if figure_formats else None
+    atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir, export))
     return out / "comparison.md", out / "comparison.html"

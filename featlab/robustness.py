@@ -26,18 +26,22 @@ from featlab.versions import library_versions, utc_now
 from featlab.workspace import Workspace
 
 
-def _svm_scores(model, meta: dict, rows: pd.DataFrame, perturbation: Perturbation, workspace: Workspace,
-                device: str, trust_pickle: bool) -> tuple[np.ndarray, np.ndarray, float]:
+def _svm_scorer(model, meta: dict, rows: pd.DataFrame, workspace: Workspace, device: str, trust_pickle: bool):
+    """A function perturbation -> (scores, labels, threshold) for an SVM folder, loaded and verified once."""
     from featlab.svm import load_svm
 
     svm = load_svm(model, trust_pickle=trust_pickle)
-    result = embed(rows, meta["extraction"], meta["weights_info"], workspace.features, device,
-                   None if perturbation.is_identity else perturbation)
-    if _without_perturbation(result.cache.meta["config"]) != meta["extraction"]:
-        raise FeatlabError(f"{model}: its features cannot be reproduced for the robustness test (settings differ)")
-    ok = (result.manifest.status == "ok").to_numpy()
-    score, threshold, _ = svm.score(result.cache.get(list(result.manifest.sha256[ok])))
-    return score, result.manifest.label.to_numpy()[ok], threshold
+
+    def score(perturbation: Perturbation):
+        result = embed(rows, meta["extraction"], meta["weights_info"], workspace.features, device,
+                       None if perturbation.is_identity else perturbation)
+        if _without_perturbation(result.cache.meta["config"]) != meta["extraction"]:
+            raise FeatlabError(f"{model}: its features cannot be reproduced for the robustness test (settings differ)")
+        ok = (result.manifest.status == "ok").to_numpy()
+        values, threshold, _ = svm.score(result.cache.get(list(result.manifest.sha256[ok])))
+        return values, result.manifest.label.to_numpy()[ok], threshold
+
+    return score
 
 
 def _without_perturbation(config):
@@ -49,26 +53,19 @@ def _without_perturbation(config):
     return config
 
 
-def _cnn_scores(model, rows: pd.DataFrame, perturbation: Perturbation, device: str):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from featlab.cnn import load_cnn
-    from featlab.runtime import ImageTensors, collate_images
+def _cnn_scorer(model, rows: pd.DataFrame, device: str):
+    """A function perturbation -> (logits, labels, 0) for a CNN folder, loaded and verified once."""
+    from featlab.cnn import load_cnn, score_images
 
     net, prep, _, torch_device = load_cnn(model, device)
-    loader = DataLoader(ImageTensors(list(rows.path), prep, None if perturbation.is_identity else perturbation),
-                        batch_size=32, collate_fn=collate_images)
-    scores = np.full(len(rows), np.nan)
-    with torch.inference_mode():
-        for indices, batch, reasons in loader:
-            out = net(prep.normalize(batch.to(torch_device)).contiguous(memory_format=torch.channels_last))
-            out = out.float().view(-1).cpu().numpy()
-            for k, i in enumerate(indices.tolist()):
-                if not reasons[k]:
-                    scores[i] = out[k]
-    ok = ~np.isnan(scores)
-    return scores[ok], rows.label.to_numpy()[ok], 0.0
+
+    def score(perturbation: Perturbation):
+        values, _ = score_images(net, prep, list(rows.path), 32, torch_device, "fp32",
+                                 perturbation=None if perturbation.is_identity else perturbation)
+        ok = ~np.isnan(values)
+        return values[ok], rows.label.to_numpy()[ok], 0.0
+
+    return score
 
 
 def run_robustness(
@@ -101,12 +98,11 @@ def run_robustness(
     for model in models:
         meta = read_model_meta(model)
         name = Path(model).name
+        scorer = (_cnn_scorer(model, rows, device) if meta["kind"] == "cnn"
+                  else _svm_scorer(model, meta, rows, workspace, device, trust_pickle))
         for kind, levels in sweeps.items():
             for level in levels:
-                if meta["kind"] == "cnn":
-                    score, y, threshold = _cnn_scores(model, rows, level, device)
-                else:
-                    score, y, threshold = _svm_scores(model, meta, rows, level, workspace, device, trust_pickle)
+                score, y, threshold = scorer(level)
                 m = binary_metrics(y, score, threshold)
                 records.append({"model": name, "family": meta["kind"], "kind": kind, "strength": strength(level, kind),
                                 "perturbation": level.describe(), "n": m["n"], "roc_auc": m["roc_auc"],

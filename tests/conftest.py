@@ -39,3 +39,12 @@ def cli_ok(*args):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
+
+
+def train_svm_and_cnn(work: Path, data: Path, svm_name: str, c_grid: str) -> Path:
+    """A work folder with an SVM (random-weights resnet18 features) and a tiny custom CNN fitted on ``data``."""
+    cli_ok("extract", "--data", data, *R18, "--workdir", work)
+    cli_ok("fit-svm", "--pca", "8", "--C", c_grid, "--workdir", work, "--name", svm_name)
+    cli_ok("train-cnn", "--arch", "custom", "--data", data, "--image-size", "32", "--epochs", "1",
+           "--out", work / "models" / "cnn", "--workdir", work, "--no-progress")
+    return work

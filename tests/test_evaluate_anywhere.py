@@ -14,23 +14,17 @@ from typer.testing import CliRunner
 from featlab.cli import app
 from featlab.perturb import Perturbation, parse_levels
 
-from .conftest import R18, REAL_SAMPLE
+from .conftest import REAL_SAMPLE, train_svm_and_cnn
 from .conftest import cli_ok as ok
 from .test_hardening import fails_cleanly
 
 runner = CliRunner()
 
 
-
 @pytest.fixture(scope="module")
 def trained(synth_root, tmp_path_factory):
     """An SVM fitted on the SYNTHETIC set and a CNN fitted on it, in one work folder."""
-    work = tmp_path_factory.mktemp("work")
-    ok("extract", "--data", synth_root, *R18, "--workdir", work)
-    ok("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "svm")
-    ok("train-cnn", "--arch", "custom", "--data", synth_root, "--image-size", "32", "--epochs", "1",
-       "--out", work / "models" / "cnn", "--workdir", work, "--no-progress")
-    return work
+    return train_svm_and_cnn(tmp_path_factory.mktemp("work"), synth_root, "svm", "1")
 
 
 def test_svm_on_another_dataset_leaves_its_training_index_alone(trained, synth_root):

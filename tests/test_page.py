@@ -12,21 +12,15 @@ from featlab.cli import app
 from featlab.page import overlay_curves, params_in_words, short_name, text_color
 from featlab.report import compare_reports, load_reports
 
-from .conftest import R18
 from .conftest import cli_ok as ok
+from .conftest import train_svm_and_cnn
 
 runner = CliRunner()
 
 
-
 @pytest.fixture(scope="module")
 def reports_dir(synth_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("work")
-    ok("extract", "--data", synth_root, *R18, "--workdir", work)
-    ok("fit-svm", "--pca", "8", "--C", "0.1,1", "--workdir", work, "--name", "svm-a-rather-long-model-name-here")
-    ok("train-cnn", "--arch", "custom", "--data", synth_root, "--image-size", "32", "--epochs", "1",
-       "--out", work / "models" / "cnn", "--workdir", work, "--no-progress")
-    return work
+    return train_svm_and_cnn(tmp_path_factory.mktemp("work"), synth_root, "svm-a-rather-long-model-name-here", "0.1,1")
 
 
 def test_page_builds_from_stored_reports_without_models(reports_dir, tmp_path):
