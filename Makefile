@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser test bench bench-quality docs lint clean
+.PHONY: setup browser test bench bench-quality bench-explain docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench:
 # Results on real faces (../shared/faces): writes docs/results.md. Long (about 30 min on 2 cores): run it alone.
 bench-quality:
 	$(PY) tests/benchmarks/bench_quality.py
+
+# Do heatmaps point at the edit? CIPLAB hit rate + explain timings -> docs/results-explain.md (after bench-quality).
+bench-explain:
+	$(PY) tests/benchmarks/bench_explain.py
 
 # docs/api.md from the docstrings of the public API.
 docs:

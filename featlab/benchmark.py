@@ -52,6 +52,7 @@ class BenchmarkSettings:
     archs : CNN architectures to fine-tune (empty: no CNN); ``arch:N`` trains that arch for N epochs.
     pca, C, gamma : the SVM search (see :func:`featlab.classical.fit_svm`).
     epochs, batch_size, lr, freeze_epochs, precision, image_size : CNN training.
+    explain : add a heatmap gallery of that many top hits and errors to each model's report.
     seed : every seed (SVM, PCA, CNN init, data order).
     """
 
@@ -69,6 +70,7 @@ class BenchmarkSettings:
     image_size: int | None = None
     seed: int = 0
     jobs: int = -1
+    explain: int = 0  # gallery of the N most confident hits and errors per model (featlab evaluate --explain)
 
 
 def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tuple[Path, bool]:
@@ -212,7 +214,7 @@ def run_benchmark(
                 echo(f"  valid ROC-AUC {row['valid']['metrics']['roc_auc']:.4f}")
             summary["recipes"].append(row)
             if recipe == final:
-                report, path = evaluate_model(folder, workspace, split="test")
+                report, path = evaluate_model(folder, workspace, split="test", explain=settings.explain)
                 reports.append(report)
                 summary["models"].append({"family": "svm", "model": folder.name, "report": str(path)})
 
@@ -221,7 +223,7 @@ def run_benchmark(
         train_started = time.perf_counter()
         folder, done = _train_cnn(arch, root, workspace, settings, progress)
         echo(f"train-cnn {arch}: {done}, {time.perf_counter() - train_started:.1f} s this run")
-        report, path = evaluate_model(folder, workspace, split="test", data_root=str(root))
+        report, path = evaluate_model(folder, workspace, split="test", data_root=str(root), explain=settings.explain)
         reports.append(report)
         summary["models"].append({"family": "cnn", "model": folder.name, "report": str(path)})
 

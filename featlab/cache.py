@@ -57,7 +57,9 @@ class EmbeddingCache:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self._locations: dict[str, tuple[Path, int]] | None = None
+        self._seen_keys: set[Path] = set()
         self._arrays: dict[Path, np.ndarray] = {}
+        self._lock_depth = 0
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -100,40 +102,54 @@ class EmbeddingCache:
 
     @contextlib.contextmanager
     def writer_lock(self):
-        """Hold the cache's writer lock (an advisory ``flock``) or fail at once with a clear error.
+        """Hold the cache's writer lock (an advisory ``flock``, re-entrant within this object).
 
-        Two processes extracting into one cache would both compute and store the same images;
-        the second one is refused instead. The lock dies with its process (kill -9 included).
+        Writers take it only to commit a shard (see :meth:`add`) or to remove orphans, so several
+        processes (or Ray workers) can extract into one cache at once: each commit re-reads what the
+        others committed and stores only new images, so no row is ever stored twice. The lock dies
+        with its process (kill -9 included).
         """
         import fcntl
 
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
         handle = open(self.folder / ".lock", "a+")  # noqa: SIM115 - closed in finally
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise FeatlabError(
-                    f"another featlab process is writing {self.folder}; wait for it to finish and run again "
-                    "(what it stored is kept and will not be recomputed)"
-                ) from None
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._lock_depth = 1
             yield self
         finally:
+            self._lock_depth = 0
             handle.close()
 
     # ---------------------------------------------------------------- shard I/O
     def _scan(self) -> dict[str, tuple[Path, int]]:
         if self._locations is None:
-            locations: dict[str, tuple[Path, int]] = {}
-            for keys_file in sorted((self.folder / "shards").glob("*.keys")):
-                hashes = keys_file.read_text().split()
-                array_file = keys_file.with_suffix(".npy")
-                if not array_file.exists():
-                    log.warning("shard %s has keys but no array; ignored", keys_file.name)
-                    continue
-                for row, digest in enumerate(hashes):
-                    locations.setdefault(digest, (array_file, row))
-            self._locations = locations
+            self._locations, self._seen_keys = {}, set()
+            self.refresh()
         return self._locations
+
+    def refresh(self) -> None:
+        """Read the shards committed since the last scan (by this or another process)."""
+        if self._locations is None:
+            self._scan()
+            return
+        for keys_file in sorted((self.folder / "shards").glob("*.keys")):
+            if keys_file in self._seen_keys:
+                continue
+            hashes = keys_file.read_text().split()
+            array_file = keys_file.with_suffix(".npy")
+            if not array_file.exists():
+                log.warning("shard %s has keys but no array; ignored", keys_file.name)
+                continue
+            self._seen_keys.add(keys_file)
+            for row, digest in enumerate(hashes):
+                self._locations.setdefault(digest, (array_file, row))
 
     def __contains__(self, digest: str) -> bool:
         return digest in self._scan()
@@ -141,17 +157,29 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._scan())
 
-    def add(self, hashes: list[str], embeddings: np.ndarray) -> Path:
-        """Commit one shard: ``embeddings[i]`` is the embedding of the image with ``hashes[i]``."""
+    def add(self, hashes: list[str], embeddings: np.ndarray) -> Path | None:
+        """Commit one shard: ``embeddings[i]`` is the embedding of the image with ``hashes[i]``.
+
+        Under the writer lock, rows another writer committed meanwhile are dropped first, so every
+        image is stored once. Returns the shard's array file (None when nothing was new).
+        """
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(hashes) != len(embeddings):
             raise ValueError(f"need one row per hash, got {embeddings.shape} for {len(hashes)} hashes")
-        stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        shards = self.folder / "shards"
-        array_file = shards / f"{stem}.npy"
-        atomic_write(array_file, lambda handle: np.save(handle, embeddings))
-        atomic_write_text(shards / f"{stem}.keys", "\n".join(hashes) + "\n")
-        if self._locations is not None:
+        with self.writer_lock():
+            self._scan()
+            self.refresh()
+            seen: set[str] = set()
+            keep = [i for i, h in enumerate(hashes) if h not in self._locations and not (h in seen or seen.add(h))]
+            if not keep:
+                return None
+            hashes, embeddings = [hashes[i] for i in keep], embeddings[keep]
+            stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+            shards = self.folder / "shards"
+            array_file = shards / f"{stem}.npy"
+            atomic_write(array_file, lambda handle: np.save(handle, embeddings))
+            atomic_write_text(shards / f"{stem}.keys", "\n".join(hashes) + "\n")
+            self._seen_keys.add(shards / f"{stem}.keys")
             for row, digest in enumerate(hashes):
                 self._locations.setdefault(digest, (array_file, row))
         return array_file

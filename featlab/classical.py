@@ -131,7 +131,10 @@ def build_pipeline(
 
 
 def scores(pipeline: Pipeline, X: np.ndarray) -> tuple[np.ndarray, float, str]:
-    """(score per image, threshold, kind): p(fake) with 0.5 when calibrated, else the SVM decision value with 0."""
+    """(score per image, threshold, kind): p(fake) with 0.5 when calibrated, the anomaly (minus the
+    decision value, threshold 0) for a one-class detector, else the SVM decision value with 0."""
+    if is_outlier_detector(pipeline):
+        return -pipeline.decision_function(X), 0.0, "anomaly"
     if _has_proba(pipeline):
         return pipeline.predict_proba(X)[:, 1], 0.5, "p_fake"
     return pipeline.decision_function(X), 0.0, "decision"
@@ -140,6 +143,13 @@ def scores(pipeline: Pipeline, X: np.ndarray) -> tuple[np.ndarray, float, str]:
 def decision_threshold(pipeline: Pipeline) -> float:
     """Score at and above which an image is called fake: 0.5 for a calibrated p(fake), else 0."""
     return 0.5 if _has_proba(pipeline) else 0.0
+
+
+def is_outlier_detector(pipeline: Pipeline) -> bool:
+    """A one-class estimator (fitted on reals only) ends the pipeline: its decision is "how normal"."""
+    from sklearn.base import is_outlier_detector as outlier
+
+    return outlier(pipeline.steps[-1][1])
 
 
 def _has_proba(pipeline: Pipeline) -> bool:

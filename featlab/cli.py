@@ -161,6 +161,8 @@ def extract(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
     engine: str = typer.Option("auto", "--engine", help="torch or onnxruntime (resnet50-opennsfw on CPU)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    shard_size: int = typer.Option(512, "--shard-size", min=1, help="Images per committed shard (the most a "
+                                   "killed run can lose)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on CPUs with <= 4 cores, up to 8 with CUDA)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     layers: str = typer.Option(
@@ -178,6 +180,7 @@ def extract(
     """
     from featlab.backbones import get_spec, resolve_auto
     from featlab.extract import extract_dataset
+    from featlab.hashmemo import HASH_MEMO
     from featlab.recipe import parse_recipe
 
     ws = _workspace(workdir)
@@ -188,7 +191,8 @@ def extract(
     typer.echo(f"features: {recipe.describe()}")
     result = extract_dataset(
         data, ws.features, backbone=name, weights=weights, device=device, precision=precision, engine=engine,
-        batch_size=batch_size, num_workers=workers, progress=progress, recipe=recipe,
+        batch_size=batch_size, num_workers=workers, progress=progress, recipe=recipe, shard_size=shard_size,
+        hash_memo=ws.features / HASH_MEMO,
     )
     meta = result.cache.meta
     usable = int((result.manifest.status == "ok").sum())
@@ -323,6 +327,10 @@ def train_cnn_command(
     crop_scale: float = typer.Option(0.85, "--crop-scale", help="Random crop keeps >= this fraction (1 = off)."),
     color_jitter: float = typer.Option(0.1, "--color-jitter"),
     jpeg_prob: float = typer.Option(0.0, "--jpeg-prob", help="JPEG re-compression augmentation probability."),
+    adversarial: str = typer.Option("", "--adversarial", help="Adversarial training: pgd or fgsm (Madry-style: each "
+                                    "batch doubled with its L-inf adversarial copies, made in pixel space)."),
+    adv_eps: str = typer.Option("4/255", "--adv-eps", help="Adversarial budget, e.g. 4/255."),
+    adv_steps: int = typer.Option(3, "--adv-steps", min=1, help="PGD steps per batch."),
     blur_prob: float = typer.Option(0.0, "--blur-prob", help="Gaussian blur augmentation probability."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0),
@@ -340,12 +348,14 @@ def train_cnn_command(
     from featlab.report import print_metrics
 
     ws = _workspace(workdir)
+    from featlab.adversarial import parse_eps
+
     config = TrainConfig(
         arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, image_size=image_size,
         precision=precision, patience=patience, seed=seed, workers=workers, device=device, view=view,
         head_layers=head_layers, backbone_lr_scale=backbone_lr_scale, warmup_steps=warmup_steps,
-        clip_grad=clip_grad or None,
+        clip_grad=clip_grad or None, adversarial=adversarial, adv_eps=parse_eps(adv_eps)[0], adv_steps=adv_steps,
         augment=Augment(flip=flip, crop_scale=crop_scale, color_jitter=color_jitter, jpeg_prob=jpeg_prob,
                         blur_prob=blur_prob),
     )
@@ -356,6 +366,111 @@ def train_cnn_command(
         report, path = evaluate_model(folder, ws, split="test", data_root=str(data), device=device)
         typer.echo(print_metrics(report))
         typer.echo(f"report (test): {path}")
+
+
+@app.command("fit-oneclass")
+@_friendly
+def fit_oneclass_command(
+    method: str = typer.Option("ocsvm", "--method", help="ocsvm (OneClassSVM), iforest (IsolationForest) or "
+                               "mahalanobis (robust covariance, EllipticEnvelope)."),
+    pca: str = typer.Option("64", "--pca", help="PCA components before the detector (0: none)."),
+    seed: int = typer.Option(0, "--seed"),
+    backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
+    features: str = typer.Option("", "--features", help="A feature cache by folder name under features/."),
+    data: Path | None = typer.Option(None, "--data", help="Which extracted dataset's train reals to fit on "
+                                     "(default: the dataset the cache was last extracted for)."),
+    name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """A one-class detector on cached embeddings, fitted on the train split's REAL faces only: fakes it has
+    never seen score as anomalies. Evaluate, robustness and compare treat it like any model."""
+    from featlab.cache import select_cache
+    from featlab.classical import parse_pca
+    from featlab.evaluate import evaluate_model
+    from featlab.report import print_metrics
+    from featlab.unsupervised import fit_oneclass_from_cache
+
+    ws = _workspace(workdir)
+    if features:
+        from featlab.cache import EmbeddingCache
+
+        if not (ws.features / features / "meta.json").is_file():
+            raise FeatlabError(f"no feature cache named {features} in {ws.features}")
+        cache = EmbeddingCache(ws.features / features)
+    else:
+        cache = select_cache(ws.features, backbone)
+    folder = fit_oneclass_from_cache(cache, ws.models, method, parse_pca(pca), seed, name, data)
+    typer.echo(f"features: {cache.folder.name}; model: {folder}")
+    if "test" in set(cache.index().split):
+        report, path = evaluate_model(folder, ws, split="test")
+        typer.echo(print_metrics(report))
+        typer.echo(f"report (test): {path}")
+
+
+@app.command("train-ae")
+@_friendly
+def train_ae_command(
+    data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
+    out: Path | None = typer.Option(None, "--out", help="Model folder (default <workdir>/models/ae-...)."),
+    real_only: bool = typer.Option(False, "--real-only", help="Train on real faces only: a one-class detector "
+                                   "(score = reconstruction error above the train reals' 95th percentile)."),
+    image_size: int = typer.Option(64, "--image-size", min=16, help="Side in pixels (multiple of 16)."),
+    latent_dim: int = typer.Option(128, "--latent-dim", min=2),
+    epochs: int = typer.Option(15, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(2e-3, "--lr", min=0.0),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run exactly where it stopped."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Train a small convolutional autoencoder (no labels): latents for `featlab cluster --ae`, and with
+    --real-only a one-class detector that `evaluate`, `robustness` and `compare` score like any model."""
+    import time
+
+    from featlab.autoencoder import AETrainConfig, train_ae
+
+    ws = _workspace(workdir)
+    config = AETrainConfig(image_size=image_size, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, lr=lr,
+                           real_only=real_only, seed=seed, device=device)
+    folder = out or ws.models / f"ae-{'real-' if real_only else ''}{time.strftime('%Y%m%d-%H%M%S')}"
+    train_ae(config, data, folder, resume=resume, progress=progress)
+    typer.echo(f"model: {folder}")
+
+
+@app.command()
+@_friendly
+def cluster(
+    data: Path = typer.Option(..., "--data", help="Dataset root; labels are read only to score the clusters."),
+    split: str = typer.Option("test", "--split", help="Split to cluster, or 'all'."),
+    backbone: str = typer.Option("auto", "--backbone"),
+    weights: str = typer.Option("default", "--weights", help="default, none (random: plumbing only) or a file."),
+    recipes: str = typer.Option("auto", "--recipes", help="Feature recipes to cluster, ';'-separated "
+                                "(layers[:pooling[:view[:flip]]]; 'auto' = the default, 'pool' = the pooled output)."),
+    ae: list[Path] | None = typer.Option(None, "--ae", help="Autoencoder model folder whose latents to cluster too."),
+    methods: str = typer.Option("kmeans,gmm,hdbscan", "--methods"),
+    k: str = typer.Option("auto", "--k", help="Clusters for k-means / GMM, or 'auto' (best silhouette, 2-8)."),
+    map_method: str = typer.Option("umap", "--map", help="2-D map: umap, pca or tsne."),
+    components: int = typer.Option(50, "--components", min=2, help="PCA components before clustering."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default <workdir>/reports/cluster)."),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Cluster embeddings (cached) and autoencoder latents with k-means, a Gaussian mixture and HDBSCAN; score
+    purity / ARI / NMI against real/fake and the source groups; draw UMAP maps (cluster.md/html/json)."""
+    from featlab.unsupervised import cluster_dataset
+
+    if k != "auto" and not k.isdigit():
+        raise typer.BadParameter("k is a whole number or 'auto'", param_hint="--k")
+    ws = _workspace(workdir)
+    table, written = cluster_dataset(
+        data, ws, out or ws.reports / "cluster", split=split, backbone=backbone, weights=weights, recipes=recipes,
+        ae_models=[str(a) for a in ae or []], methods=[m.strip() for m in methods.split(",") if m.strip()],
+        k=k if k == "auto" else int(k), map_method=map_method, components=components, seed=seed, device=device)
+    typer.echo(written["markdown"].read_text().split("\n![")[0])
+    typer.echo(f"written: {written['markdown']}, {written['html']}")
 
 
 @app.command()
@@ -369,6 +484,9 @@ def evaluate(
         "models, for a cross-dataset matrix (markdown, HTML, heatmap)."),
     groups: Path | None = typer.Option(None, "--groups", help="CSV path,group for per-group rows (own data)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the matrix (default reports/matrix)."),
+    explain: int = typer.Option(0, "--explain", min=0, help="Add a gallery of the N most confident true positives, "
+                                "false positives and false negatives with heatmaps (<report>-gallery/index.html)."),
+    explain_method: str = typer.Option("auto", "--explain-method", help="Heatmap method (see featlab explain)."),
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (model.joblib: "
                                       "a pickle, which runs code when loaded). Only for folders you made."),
@@ -395,9 +513,12 @@ def evaluate(
         typer.echo(f"written: {written['markdown']}, {written['html']}, {written['png']}")
         return
     report, path = evaluate_model(folders[0], ws, split=split, plots=plots, data_root=str(roots[0]) if roots else None,
-                                  device=device, trust_pickle=trust_pickle, groups_csv=str(groups) if groups else None)
+                                  device=device, trust_pickle=trust_pickle, groups_csv=str(groups) if groups else None,
+                                  explain=explain, explain_method=explain_method)
     typer.echo(print_metrics(report))
     typer.echo(f"report: {path}")
+    if report.get("gallery"):
+        typer.echo(f"gallery: {report['gallery']}")
 
 
 @app.command()
@@ -429,6 +550,81 @@ def predict(
         typer.echo(f"skipped: {row.path}: {row.reason}")
     typer.echo(f"{len(ok)} classified ({(ok.label == 'fake').sum()} fake), {len(table) - len(ok)} skipped"
                + (f"; written to {out}" if out else ""))
+
+
+@app.command()
+@_friendly
+def explain(
+    model: str = typer.Argument(..., help="Model folder, a name under models/, or 'latest'."),
+    target: Path = typer.Argument(..., help="An image file or a folder (any layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the overlay PNGs, explanations.csv and index.html."),
+    method: str = typer.Option("auto", "--method", help="auto (CNN: gradcam, SVM: occlusion), gradcam, gradcam++, "
+                               "occlusion or gradient."),
+    patch: int = typer.Option(48, "--patch", min=1, help="Occlusion patch side, in input pixels."),
+    stride: int = typer.Option(24, "--stride", min=1, help="Occlusion stride, in input pixels."),
+    fill: str = typer.Option("mean", "--fill", help="Occlusion fill: mean (the image's mean colour) or blur."),
+    device: str = typer.Option("auto", "--device"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Heatmaps of what made a model call each face fake, on the image, with an index HTML page.
+
+    CNNs: Grad-CAM / Grad-CAM++; SVMs: occlusion sensitivity through the normal extraction
+    path (its cost is printed first) or gradients through a differentiable copy of the pipeline.
+    Unreadable files are listed, not fatal.
+    """
+    from featlab.data import scan_images
+    from featlab.detector import load_detector
+    from featlab.explain import explain_target, forward_passes, resolve_method
+    from featlab.modelfile import resolve_model
+
+    ws = _workspace(workdir)
+    detector = load_detector(resolve_model(model, ws.models), device=device, trust_pickle=trust_pickle)
+    paths = list(scan_images(target).path)
+    chosen = resolve_method(detector, method)
+    typer.echo(f"explaining {len(paths)} image(s) with {chosen}: {forward_passes(detector, chosen, len(paths), patch, stride)}"
+               f" forward passes of {detector.name}")
+    index, explanations, seconds = explain_target(detector, paths, out, chosen, patch, stride, fill)
+    for e in explanations:
+        if e.heatmap is None:
+            typer.echo(f"skipped: {e.path}: {e.reason}")
+        else:
+            typer.echo(f"{e.verdict:<5} {e.score:+.4f}  {e.path}")
+    done = sum(e.heatmap is not None for e in explanations)
+    typer.echo(f"{done} explained, {len(explanations) - done} skipped in {seconds:.1f} s; gallery: {index}")
+
+
+@app.command()
+@_friendly
+def attack(
+    models: list[str] = typer.Argument(..., help="Model folders or names under models/ (SVM or CNN); with several, "
+                                       "each one's adversarials are also scored by the others (transfer)."),
+    data: Path = typer.Option(..., "--data", help="Dataset root."),
+    method: str = typer.Option("pgd", "--attack", help="pgd or fgsm (torchattacks), L-inf, white-box."),
+    eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Budgets, fractions of the pixel range."),
+    steps: int = typer.Option(10, "--steps", min=1, help="PGD iterations."),
+    restarts: int = typer.Option(1, "--restarts", min=1, help="PGD random restarts (the most successful is kept)."),
+    n_images: int = typer.Option(200, "--n-images", min=2, help="Seeded, class-balanced subset of the split."),
+    attack_reals: bool = typer.Option(False, "--attack-reals", help="Also push the reals towards 'fake'."),
+    split: str = typer.Option("test", "--split"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default <workdir>/reports/attack)."),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Path | None = WorkdirOption,
+) -> None:
+    """Adversarial evaluation: ROC-AUC, accuracy and attack success rate per budget, in memory, after PNG and after
+    JPEG q90; SVMs are attacked through a differentiable torch copy of the whole detector."""
+    from featlab.attack import AttackSettings, parse_eps, run_attack
+    from featlab.modelfile import resolve_model
+
+    ws = _workspace(workdir)
+    settings = AttackSettings(attack=method, eps=parse_eps(eps), steps=steps, restarts=restarts, n_images=n_images,
+                              attack_reals=attack_reals, split=split, seed=seed)
+    if method not in ("pgd", "fgsm"):
+        raise typer.BadParameter("pgd or fgsm", param_hint="--attack")
+    table, written = run_attack([resolve_model(m, ws.models) for m in models], data, out or ws.reports / "attack",
+                                settings, device=device, progress=typer.echo)
+    typer.echo(f"written: {written['markdown']}, {written['html']}")
 
 
 @app.command()
@@ -515,6 +711,8 @@ def benchmark(
     image_size: int | None = typer.Option(None, "--image-size"),
     precision: str = typer.Option("auto", "--precision", help="CNN training precision: auto, fp32, bf16, fp16."),
     seed: int = typer.Option(0, "--seed"),
+    explain: int = typer.Option(0, "--explain", min=0, help="Heatmap gallery of the N most confident hits and errors "
+                                "per model, linked from comparison.html."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     workdir: Path | None = WorkdirOption,
 ) -> None:
@@ -533,7 +731,7 @@ def benchmark(
         backbones=names, recipes=[r.as_dict() for r in parse_recipe_list(first, recipes)],
         archs=[a.strip() for a in archs.split(",") if a.strip()], pca=parse_pca(pca), C=parse_grid(c, "C"),
         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, batch_size=batch_size, image_size=image_size,
-        precision=precision, seed=seed,
+        precision=precision, seed=seed, explain=explain,
     )
     summary = run_benchmark(data, out or ws.root / "benchmark", ws, settings, progress=progress, echo=typer.echo)
     typer.echo(f"written: {Path(summary['comparison']['html']).parent} (results.md, comparison.html, benchmark.json) "

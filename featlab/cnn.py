@@ -214,6 +214,11 @@ class TrainConfig:
     clip_grad: float | None = 1.0  # max gradient norm (None: off)
     warmup_steps: int = 50  # linear warm-up after the backbone is unfrozen (0: off)
     head_layers: str = "auto"  # what the head sees: pool, auto (the SVM's default stages) or stage names
+    # Madry-style adversarial training: each batch is doubled with its L-inf adversarial copies
+    # (pixel space, uint8; featlab.adversarial), so the loss is half clean, half adversarial.
+    adversarial: str = ""  # "", "pgd" or "fgsm"
+    adv_eps: float = 4 / 255
+    adv_steps: int = 3
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -317,6 +322,11 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
 
     train = TrainImages(list(splits["train"].path), list(splits["train"].label), prep, config.augment)
     loss_fn = nn.BCEWithLogitsLoss()
+    attacker = None
+    if config.adversarial:
+        from featlab.adversarial import BinaryLogits, PixelNetwork, attack_batch
+
+        attacker = BinaryLogits(PixelNetwork(prep, model))  # in train mode: torchattacks restores it after attacking
     from tqdm.auto import tqdm
 
     epochs_run = 0
@@ -340,6 +350,10 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
             done = (epoch - config.freeze_epochs) * len(loader) + step if epoch >= config.freeze_epochs else -1
             warm = 1.0 if done < 0 or done >= warmup else (done + 1) / (warmup + 1)
             scheduled = [group["lr"] for group in optimizer.param_groups]
+            if attacker is not None:
+                adversarial = attack_batch(attacker, images, labels, config.adv_eps, config.adversarial,
+                                           config.adv_steps, seed=config.seed * 10_007 + epoch * 100_003 + step)
+                images, labels = torch.cat([images, adversarial]), torch.cat([labels, labels])
             x = prep.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
             y = labels.float().to(device)
             with autocast_context(precision, device):
@@ -422,6 +436,10 @@ def validate_config(config: TrainConfig) -> None:
         (0 < config.augment.crop_scale <= 1, f"crop_scale must be in (0, 1], got {config.augment.crop_scale}"),
         (0 <= config.augment.jpeg_prob <= 1 and 0 <= config.augment.blur_prob <= 1,
          "jpeg_prob and blur_prob must be in [0, 1]"),
+        (config.adversarial in ("", "pgd", "fgsm"), f"adversarial must be pgd or fgsm, got {config.adversarial!r}"),
+        (not config.adversarial or 1 / 255 <= config.adv_eps + 1e-9 <= 1,
+         f"adv_eps must be at least one grey level (1/255) and at most 1, got {config.adv_eps}"),
+        (config.adv_steps >= 1, f"adv_steps must be at least 1, got {config.adv_steps}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -496,11 +514,13 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
 
 
 def predict_cnn(model_folder, manifest: pd.DataFrame, batch_size: int = 32, device: str = "auto") -> pd.DataFrame:
-    model, prep, _, torch_device = load_cnn(model_folder, device)
+    from featlab.autoencoder import load_pixel_model  # an autoencoder folder scores the same way
+
+    model, prep, meta, torch_device = load_pixel_model(model_folder, device)
     scores, reasons = score_images(model, prep, list(manifest.path), batch_size, torch_device, "fp32")
     out = manifest[["path"]].copy()
     out["score"] = scores
-    out["score_kind"] = ["" if r else "logit" for r in reasons]
+    out["score_kind"] = ["" if r else ("logit" if meta["kind"] == "cnn" else "anomaly") for r in reasons]
     out["label"] = ["" if r else CLASS_NAMES[int(s >= 0)] for s, r in zip(scores, reasons)]
     out["status"] = ["quarantined" if r else "ok" for r in reasons]
     out["reason"] = reasons

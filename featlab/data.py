@@ -157,7 +157,7 @@ def unreadable_reason(error: OSError) -> str:
     return f"cannot read file: {error.strerror or type(error).__name__}"
 
 
-def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int) -> dict:
+def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int, memo=None) -> dict:
     path, split, class_name = entry
     row = {
         "path": str(path.resolve()),
@@ -173,8 +173,7 @@ def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int)
         row.update(status="quarantined", reason=f"not an image file extension ({path.suffix or 'none'})")
         return row
     try:
-        row["bytes"] = path.stat().st_size
-        row["sha256"] = sha256_file(path)
+        row["bytes"], row["sha256"] = _size_and_hash(path, row["path"], memo)
     except OSError as error:  # permission denied, vanished, I/O error: quarantined, never fatal
         row.update(status="quarantined", reason=unreadable_reason(error))
         return row
@@ -186,12 +185,28 @@ def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int)
     return row
 
 
+def _size_and_hash(path: Path, resolved: str, memo) -> tuple[int, str]:
+    """(size, sha256), from ``memo`` (:class:`featlab.hashmemo.HashMemo`) when the file's stat is unchanged."""
+    if memo is None:
+        return path.stat().st_size, sha256_file(path)
+    from featlab.hashmemo import file_stat
+
+    before = file_stat(path)
+    digest = memo.lookup(resolved, before)
+    if digest is None:
+        digest = sha256_file(path)
+        if file_stat(path) == before:  # not changed while it was read: safe to remember
+            memo.remember(resolved, before, digest)
+    return before[0], digest
+
+
 def scan_dataset(
     root: str | os.PathLike,
     check_images: bool = True,
     max_pixels: int = MAX_IMAGE_PIXELS,
     workers: int = 4,
     one_class_ok: bool = False,
+    memo=None,
 ) -> pd.DataFrame:
     """Build the manifest of a dataset folder.
 
@@ -204,14 +219,19 @@ def scan_dataset(
     max_pixels : decompression-bomb limit passed to :func:`load_rgb`.
     workers : threads used for hashing/decoding (both release the GIL).
     one_class_ok : accept splits holding only real or only fake images (evaluation sets).
+    memo : a :class:`featlab.hashmemo.HashMemo`: files whose stat is unchanged are not hashed again.
 
     Returns
     -------
     pandas.DataFrame with columns ``MANIFEST_COLUMNS``; ``label`` is 0 for real, 1 for fake.
     """
     entries = discover(root, one_class_ok=one_class_ok)
+    if memo is not None:
+        memo.load()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(pool.map(lambda e: _describe(e, check_images, max_pixels), entries))
+        rows = list(pool.map(lambda e: _describe(e, check_images, max_pixels, memo), entries))
+    if memo is not None:
+        memo.commit()
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 

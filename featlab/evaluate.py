@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 
 from featlab import CLASS_NAMES
+from featlab.autoencoder import PIXEL_KINDS, load_pixel_model
 from featlab.cache import dataset_tag
 from featlab.classical import decision_threshold
-from featlab.cnn import load_cnn, predict_cnn, score_images
+from featlab.cnn import predict_cnn, score_images
 from featlab.data import scan_dataset, scan_images
 from featlab.errors import FeatlabError
 from featlab.extract import embed
+from featlab.fileio import atomic_write_text
 from featlab.groups import find_groups, groups_for
 from featlab.metrics import binary_metrics, curve_points, group_metrics
 from featlab.modelfile import read_model_meta
@@ -38,21 +40,58 @@ def _svm_parameters(pipeline) -> int:
 def evaluate_model(
     model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
     data_root: str | None = None, device: str = "auto", groups_csv: str | None = None, trust_pickle: bool = False,
+    explain: int = 0, explain_method: str = "auto",
 ) -> tuple[dict, Path]:
     """Write the common JSON report (and plots) for a model folder on one split.
 
     Metrics are also broken down by group (:mod:`featlab.groups`; ``groups_csv`` adds ``path,group`` rows).
+    Per-image scores go to ``<report>.predictions.csv``. ``explain`` > 0 adds a gallery
+    (``<report>-gallery/index.html``, see :mod:`featlab.explain`) of that many most confident true
+    positives, false positives and false negatives, with their heatmaps (``explain_method``).
 
     Returns
     -------
     (report dict, path of the JSON file under ``workspace.reports``)
     """
     meta = read_model_meta(model)
-    if meta.get("kind") == "cnn":
-        return evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
-                            groups_csv=groups_csv)
-    return evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv, trust_pickle=trust_pickle,
-                        data_root=data_root, device=device)
+    if meta.get("kind") in PIXEL_KINDS:
+        report, path = evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
+                                    groups_csv=groups_csv)
+    else:
+        report, path = evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv,
+                                    trust_pickle=trust_pickle, data_root=data_root, device=device)
+    if explain:
+        report["gallery"] = str(write_report_gallery(model, report, path, explain, explain_method, device,
+                                                     trust_pickle))
+        save_report(report, path)
+    return report, path
+
+
+def gallery_picks(predictions: pd.DataFrame, n: int) -> list[tuple[str, pd.DataFrame]]:
+    """The ``n`` most confident true positives, false positives and false negatives (fake = positive)."""
+    fake, called = predictions.label == 1, predictions.predicted == 1
+    return [
+        (f"most confident true positives (fakes called fake), top {n}", predictions[fake & called].nlargest(n, "score")),
+        (f"most confident false positives (reals called fake), top {n}", predictions[~fake & called].nlargest(n, "score")),
+        (f"most confident false negatives (fakes called real), top {n}", predictions[fake & ~called].nsmallest(n, "score")),
+    ]
+
+
+def write_report_gallery(model, report: dict, json_path: Path, n: int, method: str = "auto", device: str = "auto",
+                         trust_pickle: bool = False) -> Path:
+    """Explain the report's most confident hits and errors (:func:`gallery_picks`) into ``<report>-gallery/``."""
+    from featlab.detector import load_detector
+    from featlab.explain import explain_paths, method_note, write_gallery
+
+    predictions = pd.read_csv(report["predictions"])
+    detector = load_detector(model, device=device, trust_pickle=trust_pickle)
+    sections = []
+    for heading, rows in gallery_picks(predictions, n):
+        explanations = explain_paths(detector, list(rows.path), method)
+        sections.append((heading, explanations, [f" · true {CLASS_NAMES[int(y)]}" for y in rows.label]))
+    title = f"featlab gallery: {report['model']['name']} on {Path(report['data']['root']).name} ({report['data']['split']})"
+    note = method_note(detector, method, 48, 24, "mean")
+    return write_gallery(sections, json_path.with_name(json_path.stem + "-gallery"), title, note)
 
 
 def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
@@ -92,8 +131,8 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
                  device: str = "auto", groups_csv: str | None = None):
-    """Report of a CNN folder on ``split`` of its training data or of another dataset (``data_root``)."""
-    model, prep, meta, torch_device = load_cnn(model_folder, device)
+    """Report of a CNN (or autoencoder) folder on ``split`` of its training data or of another dataset."""
+    model, prep, meta, torch_device = load_pixel_model(model_folder, device)
     root = str(Path(data_root or meta["data_root"]).resolve())
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
     split = evaluation_split(manifest, split, root)
@@ -107,7 +146,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
     ok = ~np.isnan(scores)
     y = rows.label.to_numpy()[ok]
     metrics = binary_metrics(y, scores[ok], 0.0)
-    metrics["score_kind"] = "logit"
+    metrics["score_kind"] = "logit" if meta["kind"] == "cnn" else "anomaly"
     curves = curve_points(y, scores[ok], 0.0)
     groups = group_metrics(y, scores[ok], 0.0, groups_for(list(rows.path[ok]), find_groups(root, groups_csv)))
     name = Path(model_folder).name
@@ -115,7 +154,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
     json_path, plot_dir = report_paths(workspace.reports, name + (f"-on-{dataset_tag(root)}" if elsewhere else ""), split)
     plot_files = write_plots(plot_dir, y, scores[ok], metrics["confusion_matrix"], name) if plots else {}
     report = build_report(
-        model={"kind": "cnn", "name": name, "path": str(Path(model_folder).resolve()), "sha256": meta["sha256"],
+        model={"kind": meta["kind"], "name": name, "path": str(Path(model_folder).resolve()), "sha256": meta["sha256"],
                "backbone": meta["arch"], "weights": meta["weights_info"].get("source", "unknown"),
                "pretrained": bool(meta["weights_info"].get("pretrained")),
                "params": {"config": meta["config"], "best_epoch": meta["best_epoch"],
@@ -133,8 +172,16 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
         groups=groups,
         curves=curves,
     )
+    report["predictions"] = str(_write_predictions(json_path, list(rows.path[ok]), y, scores[ok], 0.0))
     save_report(report, json_path)
     return report, json_path
+
+
+def _write_predictions(json_path: Path, paths: list[str], labels, scores, threshold: float) -> Path:
+    """Per-image scores next to the report (``<report>.predictions.csv``): path, label, score, predicted."""
+    table = pd.DataFrame({"path": paths, "label": np.asarray(labels, dtype=int), "score": np.asarray(scores, float)})
+    table["predicted"] = (table.score >= threshold).astype(int)
+    return atomic_write_text(json_path.with_suffix(".predictions.csv"), table.to_csv(index=False))
 
 
 def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
@@ -166,7 +213,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
     plot_files = write_plots(plot_dir, y, score, metrics["confusion_matrix"], svm.name, embeddings=X) if plots else {}
     report = build_report(
         model={
-            "kind": "svm",
+            "kind": meta["kind"],
             "name": svm.name,
             "path": str(Path(model).resolve()),
             "sha256": meta["sha256"],
@@ -193,6 +240,7 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
         groups=groups,
         curves=curves,
     )
+    report["predictions"] = str(_write_predictions(json_path, list(index.path), y, score, threshold))
     save_report(report, json_path)
     return report, json_path
 
@@ -217,7 +265,7 @@ def predict_manifest(
 ) -> tuple[pd.DataFrame, float]:
     """Scores of the images of a manifest (see :func:`predict_paths`) and the model's threshold."""
     meta = read_model_meta(model)
-    if meta.get("kind") == "cnn":
+    if meta.get("kind") in PIXEL_KINDS:
         return predict_cnn(model, manifest, batch_size=batch_size, device=device), 0.0
     svm = load_svm(model, trust_pickle=trust_pickle)  # verified before any extraction work
     result = embed(manifest, meta["extraction"], meta["weights_info"], workspace.features, device,

@@ -192,15 +192,14 @@ def extract_manifest(
             "featlab": __version__,
         },
     )
-    with cache.writer_lock():
-        return _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root,
-                               write_index)
+    return _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index)
 
 
-def _extract_locked(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index):
+def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index):
     manifest = manifest.copy()
-    cache.clean_orphans()  # safe now: no other writer
-    cache._locations = None  # another process may have added shards since this cache was opened
+    with cache.writer_lock():
+        cache.clean_orphans()  # safe under the lock: writers hold it while they write a shard
+    cache.refresh()  # another process may have added shards since this cache was opened
     known_bad = cache.failures()
     todo = manifest[(manifest.status == "ok") & ~manifest.sha256.isin(known_bad)]
     todo = todo[np.array([h not in cache for h in todo.sha256], dtype=bool)].drop_duplicates("sha256")
@@ -331,7 +330,7 @@ def concat_results(parts: list[ExtractionResult], features_dir: str | os.PathLik
         manifest.loc[bad & (manifest.status == "ok").to_numpy(), ["status", "reason"]] = ["quarantined",
                                                                                          "not embedded by every part"]
     with cache.writer_lock():
-        cache._locations = None
+        cache.refresh()
         usable = list(dict.fromkeys(manifest.sha256[manifest.status == "ok"]))
         todo = [h for h in usable if h not in cache]
         if todo:
@@ -368,15 +367,20 @@ def extract_dataset(
     num_workers: int | None = None,
     progress: bool = True,
     recipe: FeatureRecipe | None = None,
+    shard_size: int = 512,
+    hash_memo: str | os.PathLike | None = None,
 ) -> ExtractionResult:
     """Scan ``root`` (see :mod:`featlab.data`) and extract every split into the cache.
 
-    ``recipe`` defaults to :func:`featlab.recipe.default_recipe` for the backbone.
+    ``recipe`` defaults to :func:`featlab.recipe.default_recipe` for the backbone. ``hash_memo`` (an
+    SQLite file, :class:`featlab.hashmemo.HashMemo`) skips hashing files whose stat is unchanged.
     """
+    from featlab.hashmemo import HashMemo
+
     name, reason = resolve_auto(backbone)
     if reason:
         log.warning("backbone auto: %s", reason)
-    manifest = scan_dataset(root, check_images=False)
+    manifest = scan_dataset(root, check_images=False, memo=HashMemo(hash_memo) if hash_memo else None)
     loaded = load_backbone(name, weights)
     recipe = recipe or default_recipe(loaded.spec)
     extractor = Extractor(loaded, device=device, precision=precision, engine=engine, recipe=recipe)
@@ -386,6 +390,7 @@ def extract_dataset(
         features_dir,
         batch_size=batch_size,
         num_workers=num_workers,
+        shard_size=shard_size,
         progress=progress,
         data_root=str(os.path.abspath(root)),
     )

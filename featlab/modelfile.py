@@ -34,6 +34,12 @@ REQUIRED = {
             "options", "pca", "selection", "n_train", "n_valid", "train_seconds", "seed"),
     "cnn": ("kind", "artifact", "sha256", "bytes", "arch", "config", "preprocessing", "weights_info", "data_root",
             "best_epoch", "best_valid_auc", "n_train", "n_valid", "parameters", "seed"),
+    # one-class detector on embeddings (featlab.unsupervised): an SVM-like folder
+    "oneclass": ("kind", "artifact", "sha256", "bytes", "cache_key", "extraction", "backbone", "weights_info",
+                 "best_params", "options", "pca", "selection", "n_train", "n_valid", "train_seconds", "seed", "method"),
+    # convolutional autoencoder (featlab.autoencoder)
+    "ae": ("kind", "artifact", "sha256", "bytes", "arch", "config", "preprocessing", "weights_info", "data_root",
+           "best_epoch", "threshold", "n_train", "n_valid", "parameters", "seed"),
 }
 
 

@@ -10,7 +10,8 @@ self-contained ``comparison.html`` (images embedded, no network, printable):
 4. ROC-AUC against cost (training seconds, images/s);
 5. confusion matrices as coloured tables whose text colour follows the cell's darkness;
 6. per-group ROC-AUC (table and bars) when groups exist;
-7. the robustness curves and cross-dataset heatmap found beside the reports, when present.
+7. the robustness curves and cross-dataset heatmap found beside the reports, when present;
+8. links to the reports' heatmap galleries (``featlab evaluate --explain N``), when present.
 
 No model is re-run: curves come from the points each report stores.
 """
@@ -202,8 +203,8 @@ def _embed_file(path: Path, alt: str) -> str:
 
 
 def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, extras_dir: Path | None = None,
-                export: Export = None) -> str:
-    """The HTML page (see module docstring)."""
+                export: Export = None, page_dir: Path | None = None) -> str:
+    """The HTML page (see module docstring); ``page_dir`` (where it is written) makes gallery links relative."""
     summary = summary_lines(reports, table)
     curves_png, drawn = overlay_curves(reports, export)
     parts = [
@@ -243,6 +244,12 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
         matrix = extras_dir / "matrix" / "matrix.png"
         if matrix.is_file():
             parts.append(f"<h2>Cross-dataset matrix</h2>{_embed_file(matrix, 'cross-dataset ROC-AUC')}")
+    galleries = [r for r in reports if r.get("gallery") and Path(r["gallery"]).is_file()]
+    if galleries and page_dir is not None:
+        links = "".join(f"<li><a href='{html.escape(os.path.relpath(r['gallery'], page_dir))}'>"
+                        f"{html.escape(r['model']['name'])}</a></li>" for r in galleries)
+        parts.append("<h2>Why: heatmap galleries</h2><p>Most confident true positives, false positives and false "
+                     f"negatives of each model, with the regions that drove its score.</p><ul>{links}</ul>")
     names = [r["model"]["name"] for r in reports if len(r["model"]["name"]) > SHORT]
     if names:
         parts.append("<p>Full model names: " + "; ".join(f"{html.escape(short_name(n))} = {html.escape(n)}"
@@ -287,5 +294,5 @@ def write_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, ou
     atomic_write_text(out / "comparison.md", f"# featlab comparison\n\n{summary}\n\nBest value per column in bold.\n\n"
                                              f"{markdown_table}\n")
     export = (out / "figures", tuple(figure_formats)) if figure_formats else None
-    atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir, export))
+    atomic_write_text(out / "comparison.html", render_page(reports, table, markdown_table, extras_dir, export, out))
     return out / "comparison.md", out / "comparison.html"

@@ -156,26 +156,26 @@ class LayerTap(nn.Module):
         recipe.validate(spec)
         self.model = model
         self.recipe = recipe
-        self._pooled: dict[str, torch.Tensor] = {}
-        self._hooks = []
-        for name in recipe.layers:
-            if name == POOL_LAYER:
-                continue
-            module = model.get_submodule(spec.stages[name][0])
-            self._hooks.append(module.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
-        def store(_module, _inputs, output):
-            self._pooled[name] = pool_map(output, self.recipe.pooling)
-
-        return store
+        self.stage_modules = {name: spec.stages[name][0] for name in recipe.layers if name != POOL_LAYER}
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        self._pooled = {}
-        pooled_output = self.model(batch)
-        parts = [pooled_output.float() if name == POOL_LAYER else self._pooled[name] for name in self.recipe.layers]
-        self._pooled = {}
-        return torch.cat(parts, dim=1)
+        # hooks live only for this call, so a copied LayerTap (copy.deepcopy) taps its own model
+        pooled: dict[str, torch.Tensor] = {}
+        hooks = [self.model.get_submodule(path).register_forward_hook(self._store(name, pooled))
+                 for name, path in self.stage_modules.items()]
+        try:
+            pooled_output = self.model(batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.cat([pooled_output.float() if name == POOL_LAYER else pooled[name] for name in self.recipe.layers],
+                         dim=1)
+
+    def _store(self, name: str, pooled: dict):
+        def store(_module, _inputs, output):
+            pooled[name] = pool_map(output, self.recipe.pooling)
+
+        return store
 
 
 def parse_recipe_list(spec: BackboneSpec, text: str) -> list[FeatureRecipe]:

@@ -54,10 +54,11 @@ def _without_perturbation(config):
 
 
 def _cnn_scorer(model, rows: pd.DataFrame, device: str):
-    """A function perturbation -> (logits, labels, 0) for a CNN folder, loaded and verified once."""
-    from featlab.cnn import load_cnn, score_images
+    """A function perturbation -> (scores, labels, 0) for a CNN or autoencoder folder, loaded and verified once."""
+    from featlab.autoencoder import load_pixel_model
+    from featlab.cnn import score_images
 
-    net, prep, _, torch_device = load_cnn(model, device)
+    net, prep, _, torch_device = load_pixel_model(model, device)
 
     def score(perturbation: Perturbation):
         values, _ = score_images(net, prep, list(rows.path), 32, torch_device, "fp32",
@@ -98,7 +99,7 @@ def run_robustness(
     for model in models:
         meta = read_model_meta(model)
         name = Path(model).name
-        scorer = (_cnn_scorer(model, rows, device) if meta["kind"] == "cnn"
+        scorer = (_cnn_scorer(model, rows, device) if meta["kind"] in ("cnn", "ae")
                   else _svm_scorer(model, meta, rows, workspace, device, trust_pickle))
         for kind, levels in sweeps.items():
             for level in levels:

@@ -34,6 +34,12 @@ TRUSTED_TYPES = frozenset({
     "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    # one-class detectors (featlab.unsupervised)
+    "sklearn.svm._classes.OneClassSVM",
+    "sklearn.ensemble._iforest.IsolationForest",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.covariance._elliptic_envelope.EllipticEnvelope",
 })
 _PLAIN_TYPES = ("builtins.", "numpy.")
 
@@ -207,8 +213,8 @@ def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, tru
     trust_pickle : allow a featlab 0.1 folder (``model.joblib``, a pickle that runs code when loaded).
     """
     artifact, meta = verified_artifact(folder)
-    if meta.get("kind") != "svm":
-        raise FeatlabError(f"{folder} is a {meta.get('kind')} model, not an SVM")
+    if meta.get("kind") not in ("svm", "oneclass"):
+        raise FeatlabError(f"{folder} is a {meta.get('kind')} model, not an SVM or one-class detector")
     if meta["artifact"] == LEGACY_ARTIFACT:
         if not trust_pickle:
             raise FeatlabError(
