@@ -3,11 +3,11 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser test bench bench-quality bench-explain docs lint clean
+.PHONY: setup browser test bench bench-quality bench-explain bench-unsupervised bench-attack docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,ray]"
 	$(VENV)/bin/featlab --version
 	@$(MAKE) --no-print-directory browser || echo "setup: Chromium not installed; the browser test of the report page will skip"
 
@@ -30,6 +30,14 @@ bench-quality:
 # Do heatmaps point at the edit? CIPLAB hit rate + explain timings -> docs/results-explain.md (after bench-quality).
 bench-explain:
 	$(PY) tests/benchmarks/bench_explain.py
+
+# Clustering table and one-class detectors on the real faces -> docs/results-unsupervised.md (after bench-quality).
+bench-unsupervised:
+	$(PY) tests/benchmarks/bench_unsupervised.py
+
+# ROC-AUC vs eps under PGD, adversarial training, transfer -> docs/results-attack.md (after bench-quality; long).
+bench-attack:
+	$(PY) tests/benchmarks/bench_attack.py
 
 # docs/api.md from the docstrings of the public API.
 docs:

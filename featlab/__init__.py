@@ -8,7 +8,13 @@ Data flow, one module per stage (imports only run "down" this list)::
     opennsfw              the offline ResNet-50 (Yahoo open_nsfw) backbone
     cache, extract        batched extraction into an on-disk embedding cache
     classical             StandardScaler -> PCA -> SVM pipeline, model files with hash checks
-    cnn                   fine-tuned CNN baselines
+    hashmemo, distributed stat-keyed hash memo; extraction on Ray Data (optional)
+    cnn, autoencoder      fine-tuned CNN baselines; the convolutional autoencoder
+    streaming             out-of-core fit of the classical pipeline
+    unsupervised          clustering of embeddings / latents, one-class detectors
+    adversarial           pixel-space L-inf attacks (torchattacks) for evaluation and training
+    detector              a saved model as a function of pixels (incl. the SVM's torch copy)
+    explain, attack       heatmaps and galleries; adversarial evaluation
     metrics, report       honest metrics, JSON reports, plots, comparison tables
     workspace, cli        the shared work folder and the thin typer CLI
 """
@@ -41,6 +47,14 @@ _PUBLIC = {
     "build_pipeline": "featlab.classical",
     "train_cnn": "featlab.cnn",
     "TrainConfig": "featlab.cnn",
+    "load_detector": "featlab.detector",
+    "explain_paths": "featlab.explain",
+    "AttackSettings": "featlab.attack",
+    "run_attack": "featlab.attack",
+    "cluster_dataset": "featlab.unsupervised",
+    "fit_oneclass_from_cache": "featlab.unsupervised",
+    "AETrainConfig": "featlab.autoencoder",
+    "train_ae": "featlab.autoencoder",
 }
 __all__ = ["CLASS_NAMES", "LABELS", "__version__", *_PUBLIC]
 

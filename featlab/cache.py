@@ -184,8 +184,12 @@ class EmbeddingCache:
                 self._locations.setdefault(digest, (array_file, row))
         return array_file
 
-    def get(self, hashes: list[str] | pd.Series) -> np.ndarray:
-        """Embeddings for ``hashes`` in that order, as a float32 array (n, dim)."""
+    def get(self, hashes: list[str] | pd.Series, scattered: bool = False) -> np.ndarray:
+        """Embeddings for ``hashes`` in that order, as a float32 array (n, dim).
+
+        ``scattered``: the rows are a sparse random subset (streaming fits); the shards are mapped
+        without read-ahead, so only the pages of those rows are read into memory.
+        """
         locations = self._scan()
         missing = [h for h in hashes if h not in locations]
         if missing:
@@ -203,11 +207,19 @@ class EmbeddingCache:
         for array_file, (targets, rows) in by_shard.items():
             if array_file not in self._arrays:
                 self._arrays[array_file] = np.load(array_file, mmap_mode="r")
+                if scattered and hasattr(getattr(self._arrays[array_file], "_mmap", None), "madvise"):
+                    import mmap
+
+                    self._arrays[array_file]._mmap.madvise(mmap.MADV_RANDOM)
             block = self._arrays[array_file][rows]
             if out is None:
                 out = np.empty((len(hashes), block.shape[1]), dtype=np.float32)
             out[targets] = block
         return out
+
+    def release(self) -> None:
+        """Close the memory-mapped shards (their pages stop counting in this process's memory)."""
+        self._arrays = {}
 
     # ---------------------------------------------------------------- failures
     def record_failures(self, failures: list[dict]) -> None:

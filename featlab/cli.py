@@ -163,6 +163,8 @@ def extract(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(512, "--shard-size", min=1, help="Images per committed shard (the most a "
                                    "killed run can lose)."),
+    ray: str | None = typer.Option(None, "--ray", help="Run on Ray Data: 'local' (a local cluster), 'auto' (the "
+                                   "running cluster) or a cluster address; needs pip install 'featlab[ray]'."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on CPUs with <= 4 cores, up to 8 with CUDA)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     layers: str = typer.Option(
@@ -192,7 +194,7 @@ def extract(
     result = extract_dataset(
         data, ws.features, backbone=name, weights=weights, device=device, precision=precision, engine=engine,
         batch_size=batch_size, num_workers=workers, progress=progress, recipe=recipe, shard_size=shard_size,
-        hash_memo=ws.features / HASH_MEMO,
+        hash_memo=ws.features / HASH_MEMO, ray=ray,
     )
     meta = result.cache.meta
     usable = int((result.manifest.status == "ok").sum())
@@ -244,6 +246,9 @@ def fit_svm_command(
     augment: str = typer.Option("", "--augment", help="Add one augmented copy of every training image: jpeg, blur "
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
+    max_memory: str = typer.Option("", "--max-memory", help="Memory ceiling, e.g. 2GB: when the training embeddings "
+                                   "would exceed it, fit out of core (chunks from the cache: StandardScaler -> "
+                                   "IncrementalPCA -> Nystroem -> SGD hinge)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
     features: str = typer.Option("", "--features", help="Concatenate feature caches (folder names under "
                                  "features/, comma-separated, as 'featlab extract' prints them): other backbones, "
@@ -256,6 +261,7 @@ def fit_svm_command(
     from featlab.classical import parse_grid, parse_pca
     from featlab.evaluate import evaluate_model
     from featlab.report import print_metrics
+    from featlab.streaming import parse_memory
     from featlab.svm import fit_from_cache
 
     ws = _workspace(workdir)
@@ -276,6 +282,7 @@ def fit_svm_command(
         cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
         C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
         class_weight=class_weight, probability=probability, solver=solver, augment=augment,
+        max_memory=parse_memory(max_memory),
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
     for note in result.notes:

@@ -107,7 +107,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _class_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if p.is_file())
+    """Files under ``class_dir`` (symlinked folders not followed), sorted as paths: os.scandir, which
+    knows a regular file without a stat call (100k files in well under a second)."""
+    found, stack = [], [str(class_dir)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    found.sort(key=lambda path: path.split(os.sep))
+    return [Path(path) for path in found]
 
 
 def discover(root: str | os.PathLike, one_class_ok: bool = False) -> list[tuple[Path, str, str]]:
@@ -226,13 +237,51 @@ def scan_dataset(
     pandas.DataFrame with columns ``MANIFEST_COLUMNS``; ``label`` is 0 for real, 1 for fake.
     """
     entries = discover(root, one_class_ok=one_class_ok)
-    if memo is not None:
-        memo.load()
+    rows: list[dict | None] = [None] * len(entries)
+    if memo is not None and not check_images:
+        rows = _remembered_rows(entries, memo)
+    pending = [k for k, row in enumerate(rows) if row is None]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(pool.map(lambda e: _describe(e, check_images, max_pixels, memo), entries))
+        for k, row in zip(pending, pool.map(lambda k: _describe(entries[k], check_images, max_pixels, memo), pending)):
+            rows[k] = row
     if memo is not None:
         memo.commit()
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def _remembered_rows(entries: list[tuple[Path, str, str]], memo) -> list[dict | None]:
+    """Rows of the files whose stat matches the memo, in one cheap serial pass (None: to be described).
+
+    One ``lstat`` per file; folders are resolved once each, and only symlinked files one by one.
+    """
+    import stat as stat_module
+
+    memo.load()
+    folders: dict[str, str] = {}
+    rows: list[dict | None] = []
+    for path, split, class_name in entries:
+        row = None
+        text = str(path)  # plain strings: Path objects cost more than the system calls at 100k files
+        if os.path.splitext(text)[1].lower() in IMAGE_EXTENSIONS:
+            try:
+                info = os.lstat(text)
+                if stat_module.S_ISLNK(info.st_mode):
+                    resolved = os.path.realpath(text)
+                    info = os.stat(resolved)
+                else:
+                    folder, name = os.path.split(text)
+                    if folder not in folders:
+                        folders[folder] = str(Path(folder).resolve())
+                    resolved = os.path.join(folders[folder], name)
+            except OSError:
+                resolved = None  # described (and quarantined) in the full pass
+            if resolved is not None:
+                digest = memo.lookup(resolved, (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+                if digest is not None:
+                    row = {"path": resolved, "split": split, "label": LABELS[class_name], "label_name": class_name,
+                           "bytes": info.st_size, "sha256": digest, "status": "ok", "reason": ""}
+        rows.append(row)
+    return rows
 
 
 def scan_images(target: str | os.PathLike) -> pd.DataFrame:

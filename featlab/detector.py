@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.decomposition import PCA
+from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -46,7 +47,8 @@ class TorchPipeline(nn.Module):
 
     Computes in float64, so it agrees with scikit-learn's ``decision_function`` (or, for a calibrated
     model, ``predict_proba[:, 1]``) to rounding error. Supports SVC with ``rbf`` or ``linear`` kernel,
-    LinearSVC, a Nystroem (RBF) map before a linear SVM, and sigmoid calibration with ``ensemble=False``.
+    LinearSVC or SGDClassifier, IncrementalPCA, a Nystroem (RBF) map before a linear SVM, and sigmoid calibration
+    with ``ensemble=False``.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -57,7 +59,7 @@ class TorchPipeline(nn.Module):
             raise FeatlabError(f"differentiable copy: unexpected scaler {type(scaler).__name__}")
         _buffer(self, "scale_mean", scaler.mean_ if scaler.with_mean else np.zeros(scaler.n_features_in_))
         _buffer(self, "scale_std", scaler.scale_ if scaler.with_std else np.ones(scaler.n_features_in_))
-        self.has_pca = isinstance(reducer, PCA)
+        self.has_pca = isinstance(reducer, (PCA, IncrementalPCA))
         if self.has_pca:
             _buffer(self, "pca_mean", reducer.mean_)
             components = reducer.components_
@@ -87,7 +89,7 @@ class TorchPipeline(nn.Module):
             _buffer(self, "support_vectors", clf.support_vectors_)
             _buffer(self, "dual_coef", clf.dual_coef_[0])
             self.gamma = float(clf._gamma)
-        elif isinstance(clf, SVC) and clf.kernel == "linear" or isinstance(clf, LinearSVC):
+        elif isinstance(clf, SVC) and clf.kernel == "linear" or isinstance(clf, (LinearSVC, SGDClassifier)):
             self.kind = "linear"
             _buffer(self, "coef", np.asarray(clf.coef_).reshape(-1))
         else:

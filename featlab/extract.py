@@ -157,6 +157,7 @@ def extract_manifest(
     progress: bool = True,
     data_root: str = "",
     write_index: bool = True,
+    ray: str | None = None,
 ) -> ExtractionResult:
     """Embed every usable image of ``manifest`` that the cache does not hold yet.
 
@@ -171,6 +172,9 @@ def extract_manifest(
     progress : show a tqdm bar with images/s.
     data_root : recorded in the cache's meta.json.
     write_index : make this manifest the cache's dataset (``index.csv``); off for prediction.
+    ray : run decoding and the model on Ray Data (:mod:`featlab.distributed`): ``"local"`` starts a local
+        cluster, ``"auto"`` joins the running one, anything else is a cluster address. Results are
+        committed into the same cache, shard by shard.
 
     Returns
     -------
@@ -192,10 +196,12 @@ def extract_manifest(
             "featlab": __version__,
         },
     )
-    return _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index)
+    return _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
+                    ray)
 
 
-def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index):
+def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
+             ray=None):
     manifest = manifest.copy()
     with cache.writer_lock():
         cache.clean_orphans()  # safe under the lock: writers hold it while they write a shard
@@ -207,7 +213,11 @@ def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, pr
 
     started = time.perf_counter()
     failed_now = 0
-    if paths:
+    if paths and ray is not None:
+        from featlab.distributed import compute_with_ray
+
+        failed_now = compute_with_ray(paths, hashes, extractor, cache, shard_size, ray, batch_size, progress)
+    elif paths:
         workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
         loader = DataLoader(
             ImageTensors(paths, extractor.preprocessing, extractor.perturbation),
@@ -369,6 +379,7 @@ def extract_dataset(
     recipe: FeatureRecipe | None = None,
     shard_size: int = 512,
     hash_memo: str | os.PathLike | None = None,
+    ray: str | None = None,
 ) -> ExtractionResult:
     """Scan ``root`` (see :mod:`featlab.data`) and extract every split into the cache.
 
@@ -393,4 +404,5 @@ def extract_dataset(
         shard_size=shard_size,
         progress=progress,
         data_root=str(os.path.abspath(root)),
+        ray=ray,
     )

@@ -17,6 +17,7 @@ from featlab.cache import EmbeddingCache, find_caches
 from featlab.classical import FitResult, fit_svm, pca_summary, scores
 from featlab.errors import FeatlabError
 from featlab.modelfile import check_sealed, save_model_folder, verified_artifact
+from featlab.streaming import BYTES_PER_VALUE
 from featlab.versions import library_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ TRUSTED_TYPES = frozenset({
     "sklearn.tree._classes.ExtraTreeRegressor",
     "sklearn.tree._tree.Tree",
     "sklearn.covariance._elliptic_envelope.EllipticEnvelope",
+    # streaming fit (featlab.streaming)
+    "sklearn.decomposition._incremental_pca.IncrementalPCA",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+    "sklearn.linear_model._sgd_fast.Hinge",
 })
 _PLAIN_TYPES = ("builtins.", "numpy.")
 
@@ -100,6 +105,7 @@ def fit_from_cache(
     n_jobs: int = -1,
     augment: str = "",
     device: str = "auto",
+    max_memory: int | None = None,
     **options,
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
@@ -109,16 +115,27 @@ def fit_from_cache(
     one augmented copy of every training image (:func:`augmented_embeddings`); selection stays on
     the clean valid split.
     """
-    X_train, y_train, train_index = cache.load_split("train")
-    splits = set(cache.index().split)
-    X_valid, y_valid = (cache.load_split("valid")[:2]) if "valid" in splits else (None, None)
-    if len(X_train) == 0:
+    index = cache.index()
+    splits = set(index.split)
+    train_rows = index[(index.split == "train") & (index.status == "ok")].reset_index(drop=True)
+    if train_rows.empty:
         raise FeatlabError(f"{cache.folder}: the train split holds no usable images")
-    n_clean = len(X_train)
-    if augment:
-        X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
-        X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-    result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **options)
+    dim = int(cache.meta.get("embed_dim") or cache.get(list(train_rows.sha256[:1])).shape[1])
+    if max_memory and len(train_rows) * dim * BYTES_PER_VALUE > max_memory:
+        if augment:
+            raise FeatlabError("--augment is not available with a streaming fit (the embeddings exceed --max-memory)")
+        result = _fit_streaming(cache, index, train_rows, dim, max_memory, seed, options)
+        n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), int(((index.split == "valid") & (
+            index.status == "ok")).sum())
+    else:
+        X_train, y_train, train_index = cache.load_split("train")
+        X_valid, y_valid = (cache.load_split("valid")[:2]) if "valid" in splits else (None, None)
+        n_clean = len(X_train)
+        if augment:
+            X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
+            X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
+        result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **options)
+        n_train_total, n_valid = len(X_train), int(0 if X_valid is None else len(X_valid))
     config = cache.meta["config"]
     name = name or f"svm-{config['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(models_dir) / name
@@ -141,8 +158,8 @@ def fit_from_cache(
         "pca": pca_summary(result.pipeline),
         "notes": result.notes,
         "n_train": int(n_clean),
-        "n_train_augmented": int(len(X_train) - n_clean),
-        "n_valid": int(0 if X_valid is None else len(X_valid)),
+        "n_train_augmented": int(n_train_total - n_clean),
+        "n_valid": n_valid,
         "train_seconds": result.fit_seconds + result.search_seconds,
         "fit_seconds": result.fit_seconds,
         "search_seconds": result.search_seconds,
@@ -151,6 +168,30 @@ def fit_from_cache(
     }
     save_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(result.pipeline, sealed)), meta)
     return folder, result
+
+
+def _fit_streaming(cache: EmbeddingCache, index, train_rows, dim: int, max_memory: int, seed: int, options: dict):
+    """The out-of-core path of :func:`fit_from_cache` (:mod:`featlab.streaming`): rows read from the shards."""
+    from featlab.streaming import fit_streaming
+
+    valid_rows = index[(index.split == "valid") & (index.status == "ok")].reset_index(drop=True)
+    train_hashes, valid_hashes = train_rows.sha256.to_numpy(), valid_rows.sha256.to_numpy()
+    pca = options.get("pca", 256)
+    if not isinstance(pca, int):
+        raise FeatlabError("a streaming fit needs --pca as a number of components")
+
+    def read(hashes):
+        def rows(idx):
+            block = cache.get(list(hashes[idx]), scattered=True)
+            cache.release()  # keep only this chunk in memory, not every mapped shard
+            return block
+
+        return rows
+
+    return fit_streaming(
+        read(train_hashes), train_rows.label.to_numpy(), dim, read(valid_hashes) if len(valid_rows) else None,
+        valid_rows.label.to_numpy() if len(valid_rows) else None, pca=pca, C=options.get("C"),
+        nystroem_components=options.get("nystroem_components", 1000), max_memory=max_memory, seed=seed)
 
 
 def _dumps(pipeline: Pipeline, sealed: str) -> bytes:

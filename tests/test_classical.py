@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
+import torch
 from sklearn.datasets import make_classification
 
 from featlab.classical import build_pipeline, fit_svm, parse_grid, parse_pca
@@ -79,3 +83,63 @@ def test_single_class_train_refused(data):
     X, y, _, _ = data
     with pytest.raises(FeatlabError, match="both real and fake"):
         fit_svm(X[y == 1], y[y == 1], pca=5)
+
+
+def test_streaming_fit_reads_in_chunks_and_matches_an_in_memory_linear_svm():
+    from sklearn.metrics import roc_auc_score
+    from sklearn.svm import LinearSVC
+
+    from featlab.detector import TorchPipeline
+    from featlab.streaming import chunk_rows, fit_streaming
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 64
+    shift = rng.normal(0, 0.25, d)
+    X = rng.normal(0, 1, (n, d)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    X[y == 1] += shift
+    Xv = rng.normal(0, 1, (600, d)).astype(np.float32)
+    yv = rng.integers(0, 2, 600)
+    Xv[yv == 1] += shift
+    reads = []
+
+    def read(idx):
+        reads.append(len(idx))
+        return X[idx]
+
+    cap = 300 * d * 48  # room for 300 rows at a time
+    result = fit_streaming(read, y, d, lambda idx: Xv[idx], yv, pca=16, C=[0.01, 1.0], nystroem_components=200,
+                           epochs=3, max_memory=cap, seed=0)
+    assert max(reads) <= chunk_rows(d, cap, 17) == 300 or max(reads) == 2000  # chunks, and the Nystroem sample
+    assert sorted(set(reads) - {2000}) == [300]
+    assert result.selection == "valid split" and len(result.search) == 2
+    streamed = roc_auc_score(yv, result.pipeline.decision_function(Xv))
+    in_memory = roc_auc_score(yv, LinearSVC().fit(X, y).decision_function(Xv))
+    assert streamed > in_memory - 0.03
+    copy = TorchPipeline(result.pipeline)(torch.as_tensor(Xv)).detach().numpy()
+    np.testing.assert_allclose(copy, result.pipeline.decision_function(Xv), atol=1e-4)
+    # the one-pass PCA is the exact PCA of the standardised data (up to each component's sign)
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    exact = PCA(16).fit(StandardScaler().fit_transform(X))
+    ours = result.pipeline.named_steps["pca"]
+    np.testing.assert_allclose(ours.explained_variance_, exact.explained_variance_, rtol=1e-4)
+    np.testing.assert_allclose(np.abs((ours.components_ * exact.components_).sum(1)), 1, atol=1e-4)
+
+
+def test_fit_svm_max_memory_switches_to_the_streaming_fit(synth_root, tmp_path):
+    from .conftest import R18, cli_ok
+
+    work = tmp_path / "work"
+    cli_ok("extract", "--data", synth_root, *R18, "--layers", "pool", "--workdir", work)
+    result = cli_ok("fit-svm", "--pca", "4", "--C", "0.1,1", "--max-memory", "300KB", "--workdir", work,
+                    "--name", "streamed")
+    assert "note: streaming fit: 3 chunks of up to 12 rows" in result.output
+    meta = json.loads((work / "models" / "streamed" / "meta.json").read_text())
+    assert meta["selection"] == "valid split" and meta["pca"]["components"] == 4
+    cli_ok("evaluate", "streamed", "--no-plots", "--workdir", work)
+    with pytest.raises(FeatlabError, match="too small"):
+        from featlab.streaming import chunk_rows
+
+        chunk_rows(512, 1000, 5)

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_extract  # noqa: E402
+import bench_ray  # noqa: E402
 import bench_rerun  # noqa: E402
 import bench_svm  # noqa: E402
 
@@ -21,5 +22,7 @@ if __name__ == "__main__":
     bench_extract.main(["--images", "200", "--models", "resnet18", "--naive-images", "20"] if quick else [])
     print("== cached rerun over many small files (hash memo)", flush=True)
     bench_rerun.main(["--files", "3000"] if quick else [])
+    print("== --ray local vs plain extraction (one machine: Ray's overhead)", flush=True)
+    bench_ray.main(["--images", "200"] if quick else [])
     print("== SVM on synthetic embeddings (dim 2048, PCA 256)", flush=True)
-    bench_svm.main(["--sizes", "2000"] if quick else [])
+    bench_svm.main(["--sizes", "2000", "--stream", "20000", "--max-memory", "100MB"] if quick else [])

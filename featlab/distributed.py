@@ -1,0 +1,118 @@
+"""Extraction on Ray Data: decoding in CPU tasks, the model in an actor pool, results into the same cache.
+
+``featlab extract --ray [ADDRESS]`` (and :func:`featlab.extract.extract_manifest` with ``ray=``): the
+driver works out which images the cache lacks *before* scheduling anything, Ray Data reads those
+paths, decodes and preprocesses them in CPU tasks, runs the extractor in an actor pool (one actor
+per GPU, or sized to the CPUs), and streams the embeddings back to the driver, which commits them
+shard by shard into the content-addressed cache. A killed job therefore resumes where it stopped,
+and the embeddings equal a local run's (same extractor, same preprocessing).
+
+Ray is an optional extra: ``pip install 'featlab[ray]'``.
+
+Cluster recipe: ``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the others,
+then ``featlab extract --ray auto`` on the head. Every node must read the image paths the manifest
+names (shared storage such as NFS, or the same copy at the same path on each node); the cache lives
+only on the driver's disk, as the driver alone writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from featlab.errors import FeatlabError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "--ray needs Ray Data: pip install 'featlab[ray]' (or pip install 'ray[data]')"
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise FeatlabError(INSTALL_HINT) from None
+    return ray
+
+
+def _decode(batch: dict, preprocessing, perturbation) -> dict:
+    """Ray task body: paths -> uint8 arrays in the model's view, or a reason."""
+    from featlab.data import load_rgb
+    from featlab.errors import BadImageError
+
+    crop = preprocessing.crop
+    images, reasons = [], []
+    for path in batch["path"]:
+        try:
+            image = load_rgb(str(path))
+            if perturbation is not None:
+                image = perturbation.apply(image)
+            images.append(preprocessing.to_uint8(image).numpy())
+            reasons.append("")
+        except BadImageError as error:
+            images.append(np.zeros((3, crop, crop), dtype=np.uint8))
+            reasons.append(str(error))
+    return {"i": batch["i"], "image": np.stack(images), "reason": np.asarray(reasons, dtype=object)}
+
+
+class _Embed:
+    """Ray actor: the extractor, built once per actor from the driver's recorded configuration."""
+
+    def __init__(self, config: dict, weights_info: dict, device: str, perturbation, threads: int = 1) -> None:
+        import torch
+
+        from featlab.extract import extractor_from_config
+
+        torch.set_num_threads(threads)
+        self.extractor = extractor_from_config(config, weights_info, device, perturbation)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        good = np.flatnonzero(batch["reason"] == "")
+        dim = self.extractor.dim
+        out = np.zeros((len(batch["i"]), dim), dtype=np.float32)
+        if len(good):
+            out[good] = self.extractor(torch.from_numpy(np.ascontiguousarray(batch["image"][good])))
+        return {"i": batch["i"], "embedding": out, "reason": batch["reason"]}
+
+
+def compute_with_ray(paths: list[str], hashes: list[str], extractor, cache, shard_size: int, address: str,
+                     batch_size: int = 32, progress: bool = False) -> int:
+    """Embed ``paths`` on Ray Data and commit them into ``cache``; returns how many could not be decoded."""
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    device = "cuda" if gpus and extractor.torch_device.type == "cuda" else "cpu"
+    # CPU: one actor per 2 cores, each running torch on its cores (less the decoding tasks' share)
+    actors = gpus if device == "cuda" else max(1, cpus // 2)
+    threads = max(1, (cpus - 1) // actors) if device == "cpu" else 1
+    dataset = ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(paths)])
+    # decoding: light stateless tasks (a quarter CPU each, so they never starve the model actors)
+    dataset = dataset.map_batches(_decode, fn_kwargs={"preprocessing": extractor.preprocessing,
+                                                      "perturbation": extractor.perturbation},
+                                  batch_size=batch_size, num_cpus=0.25)
+    dataset = dataset.map_batches(
+        _Embed, fn_constructor_args=(extractor.config, extractor.backbone.weights, device, extractor.perturbation,
+                                     threads),
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if device == "cuda" else 0, num_cpus=0 if device == "cuda" else threads)
+    failed = 0
+    log.info("ray: %d images, %d actor(s) on %s", len(paths), actors, device)
+    for batch in dataset.iter_batches(batch_size=shard_size, batch_format="numpy"):
+        index = batch["i"].astype(int)
+        reasons = batch["reason"]
+        good = reasons == ""
+        if good.any():
+            cache.add([hashes[i] for i in index[good]], batch["embedding"][good])
+        cache.record_failures([{"sha256": hashes[i], "path": paths[i], "reason": str(r)}
+                               for i, r in zip(index[~good], reasons[~good])])
+        failed += int((~good).sum())
+        if progress:
+            print(f"ray: committed {int(good.sum())} embeddings", flush=True)
+    return failed
