@@ -168,18 +168,14 @@ def unreadable_reason(error: OSError) -> str:
     return f"cannot read file: {error.strerror or type(error).__name__}"
 
 
+def _row(path: str, split: str, class_name: str, size: int = 0, digest: str = "") -> dict:
+    return {"path": path, "split": split, "label": LABELS[class_name], "label_name": class_name, "bytes": size,
+            "sha256": digest, "status": "ok", "reason": ""}
+
+
 def _describe(entry: tuple[Path, str, str], check_images: bool, max_pixels: int, memo=None) -> dict:
     path, split, class_name = entry
-    row = {
-        "path": str(path.resolve()),
-        "split": split,
-        "label": LABELS[class_name],
-        "label_name": class_name,
-        "bytes": 0,
-        "sha256": "",
-        "status": "ok",
-        "reason": "",
-    }
+    row = _row(str(path.resolve()), split, class_name)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         row.update(status="quarantined", reason=f"not an image file extension ({path.suffix or 'none'})")
         return row
@@ -278,8 +274,7 @@ def _remembered_rows(entries: list[tuple[Path, str, str]], memo) -> list[dict | 
             if resolved is not None:
                 digest = memo.lookup(resolved, (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
                 if digest is not None:
-                    row = {"path": resolved, "split": split, "label": LABELS[class_name], "label_name": class_name,
-                           "bytes": info.st_size, "sha256": digest, "status": "ok", "reason": ""}
+                    row = _row(resolved, split, class_name, info.st_size, digest)
         rows.append(row)
     return rows
 

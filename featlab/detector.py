@@ -203,6 +203,7 @@ def _feature_parts(meta: dict) -> list[tuple[dict, dict]]:
 
 def _svm_detector(folder: Path, meta: dict, device: str, trust_pickle: bool) -> Detector:
     from featlab.backbones import load_backbone
+    from featlab.classical import decision_threshold
     from featlab.extract import extractor_from_config, weights_argument
     from featlab.recipe import FeatureRecipe, LayerTap
     from featlab.svm import load_svm
@@ -215,7 +216,7 @@ def _svm_detector(folder: Path, meta: dict, device: str, trust_pickle: bool) -> 
         raise FeatlabError(f"{folder.name}: its feature parts see the image through different preprocessing; "
                            "a pixel-level explanation or attack needs one input geometry")
     prep = extractors[0].preprocessing
-    threshold = 0.5 if "Calibrated" in type(svm.pipeline.steps[-1][1]).__name__ else 0.0
+    threshold = decision_threshold(svm.pipeline)
 
     def score(batch: torch.Tensor) -> np.ndarray:
         features = np.hstack([extractor(batch) for extractor in extractors])
