@@ -246,9 +246,10 @@ def fit_svm_command(
     augment: str = typer.Option("", "--augment", help="Add one augmented copy of every training image: jpeg, blur "
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
-    max_memory: str = typer.Option("", "--max-memory", help="Memory ceiling, e.g. 2GB: when the training embeddings "
-                                   "would exceed it, fit out of core (chunks from the cache: StandardScaler -> "
-                                   "IncrementalPCA -> Nystroem -> SGD hinge)."),
+    max_memory: str = typer.Option("", "--max-memory", help="Memory for the training data, e.g. 2GB: when the "
+                                   "embeddings would need more, fit out of core (chunks from the cache: StandardScaler "
+                                   "-> PCA from X^T X -> Nystroem -> SGD hinge). The process's fixed footprint "
+                                   "(libraries, ~0.4-0.9 GB) comes on top."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
     features: str = typer.Option("", "--features", help="Concatenate feature caches (folder names under "
                                  "features/, comma-separated, as 'featlab extract' prints them): other backbones, "

@@ -131,8 +131,11 @@ def fit_streaming(
     notes = [f"streaming fit: {len(_chunks(n, rows))} chunks of up to {rows} rows (max memory {cap}); "
              f"PCA {pca} (exact, from X^T X), Nystroem {kmap.n_components}, SGD hinge, {epochs} epochs"]
 
-    def features(read, idx):
-        return kmap.transform(reducer.transform(scaler.transform(read(idx))))
+    def features(read, idx, block: int = 2048):
+        # transform in sub-blocks: the float64 temporaries of scaling, projecting and the kernel map stay small
+        X = read(idx)
+        return np.vstack([kmap.transform(reducer.transform(scaler.transform(X[i:i + block])))
+                          for i in range(0, len(X), block)])
 
     models = {c: SGDClassifier(loss="hinge", alpha=1.0 / (c * n), random_state=seed) for c in C}
     for _ in range(epochs):
