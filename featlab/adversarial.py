@@ -106,18 +106,6 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, levels
                             random_start=True)(x, y)
 
 
-class PixelNetwork(nn.Module):
-    """Float pixels in 0-255 -> the network's one-logit score (N,), normalised as the network expects."""
-
-    def __init__(self, prep, network: nn.Module) -> None:
-        super().__init__()
-        self.prep = prep
-        self.network = network
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network(self.prep.normalize(pixels)).float().reshape(-1)
-
-
 def _eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()

@@ -107,6 +107,8 @@ def run_attack(
     from featlab.versions import hardware, library_versions, utc_now
 
     settings = settings or AttackSettings()
+    if settings.attack not in ATTACKS:
+        raise FeatlabError(f"attack must be one of {', '.join(ATTACKS)}")
     root, out = Path(data_root), Path(out)
     manifest = scan_dataset(root, check_images=False)
     rows = manifest[(manifest.split == settings.split) & (manifest.status == "ok")]
@@ -190,10 +192,8 @@ def _triples_png(original: torch.Tensor, adversarial: torch.Tensor, path: Path, 
 
 
 def write_attack_report(table: pd.DataFrame, examples: dict, context: dict, out: Path) -> dict[str, Path]:
-    import base64
-    import html
-
-    from featlab.fileio import atomic_write_json, atomic_write_text
+    """attack.md, attack.html (table + example triples, self-contained) and attack.json."""
+    from featlab.report import write_table_report
 
     out.mkdir(parents=True, exist_ok=True)
     s = context["settings"]
@@ -204,27 +204,7 @@ def write_attack_report(table: pd.DataFrame, examples: dict, context: dict, out:
             "share of the fakes caught clean that the attack turns into 'real'.")
     shown = table[["model", "scored_by", "stage", "eps_levels", "roc_auc", "accuracy", "fake_accuracy",
                    "success_rate", "seconds"]].rename(columns={"eps_levels": "eps (/255)"})
-
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    md = ["# featlab attack", "", head, "", "| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    pictures = {}
-    for name, (original, adversarial) in examples.items():
-        pictures[name] = _triples_png(original, adversarial, out / f"examples-{name[:60]}.png")
-        md.append(f"\n![{name}: original | perturbation x20 | adversarial]({pictures[name].name})")
-    atomic_write_text(out / "attack.md", "\n".join(md) + "\n")
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
-                    for row in shown.itertuples(index=False))
-    images = "".join(f"<h2>{html.escape(n)} at the largest eps: original | perturbation ×20 | adversarial</h2>"
-                     f"<img alt='examples' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-                     for n, p in pictures.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>featlab attack</title><style>body{font-family:"
-            "system-ui,sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
-            "font-size:13px}</style></head><body><h1>featlab attack</h1>"
-            f"<p>{html.escape(head)}</p><table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in shown.columns)}</tr>"
-            f"{cells}</table>{images}</body></html>")
-    atomic_write_text(out / "attack.html", page)
-    atomic_write_json(out / "attack.json", {**context, "rows": table.to_dict(orient="records")})
-    return {"markdown": out / "attack.md", "html": out / "attack.html", "json": out / "attack.json"}
+    pictures = [(f"{name} at the largest eps: original | perturbation x20 | adversarial",
+                 _triples_png(original, adversarial, out / f"examples-{name[:60]}.png"))
+                for name, (original, adversarial) in examples.items()]
+    return write_table_report(out, "attack", head, shown, pictures, {**context, "rows": table.to_dict(orient="records")})

@@ -628,8 +628,6 @@ def attack(
     ws = _workspace(workdir)
     settings = AttackSettings(attack=method, eps=parse_eps(eps), steps=steps, restarts=restarts, n_images=n_images,
                               attack_reals=attack_reals, split=split, seed=seed)
-    if method not in ("pgd", "fgsm"):
-        raise typer.BadParameter("pgd or fgsm", param_hint="--attack")
     table, written = run_attack([resolve_model(m, ws.models) for m in models], data, out or ws.reports / "attack",
                                 settings, device=device, progress=typer.echo)
     typer.echo(f"written: {written['markdown']}, {written['html']}")

@@ -42,7 +42,14 @@ from featlab.metrics import binary_metrics
 from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
 from featlab.perturb import Perturbation
 from featlab.recipe import LayerTap, parse_recipe
-from featlab.runtime import ImageTensors, autocast_context, collate_images, resolve_device, resolve_precision
+from featlab.runtime import (
+    ImageTensors,
+    PixelDetector,
+    autocast_context,
+    collate_images,
+    resolve_device,
+    resolve_precision,
+)
 from featlab.specs import Preprocessing
 from featlab.versions import library_versions, utc_now
 
@@ -324,9 +331,9 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     loss_fn = nn.BCEWithLogitsLoss()
     attacker = None
     if config.adversarial:
-        from featlab.adversarial import BinaryLogits, PixelNetwork, attack_batch
+        from featlab.adversarial import BinaryLogits, attack_batch
 
-        attacker = BinaryLogits(PixelNetwork(prep, model))  # in train mode: torchattacks restores it after attacking
+        attacker = BinaryLogits(PixelDetector(prep, [model]))  # in train mode: torchattacks restores it after attacking
     from tqdm.auto import tqdm
 
     epochs_run = 0

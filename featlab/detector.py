@@ -33,6 +33,7 @@ from torch import nn
 
 from featlab.errors import FeatlabError
 from featlab.modelfile import read_model_meta
+from featlab.runtime import PixelDetector
 from featlab.specs import Preprocessing
 
 # ------------------------------------------------------------------ the classical part in torch
@@ -122,29 +123,6 @@ def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ pixels -> score
-
-
-class PixelDetector(nn.Module):
-    """Float pixels (N, 3, H, W) in 0-255, already cut to the model's view -> score (N,), differentiable."""
-
-    def __init__(self, prep: Preprocessing, networks: list[nn.Module], head: nn.Module | None = None,
-                 flips: list[bool] | None = None) -> None:
-        super().__init__()
-        self.prep = prep
-        self.networks = nn.ModuleList(networks)
-        self.head = head
-        self.flips = flips or [False] * len(networks)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.prep.normalize(pixels)
-        parts = []
-        for network, flip in zip(self.networks, self.flips):
-            out = network(x).float()
-            if flip:
-                out = (out + network(x.flip(3)).float()) / 2
-            parts.append(out)
-        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return (self.head(out) if self.head is not None else out).reshape(-1)
 
 
 @dataclass

@@ -38,23 +38,13 @@ def _ray():
 
 
 def _decode(batch: dict, preprocessing, perturbation) -> dict:
-    """Ray task body: paths -> uint8 arrays in the model's view, or a reason."""
-    from featlab.data import load_rgb
-    from featlab.errors import BadImageError
+    """Ray task body: paths -> uint8 arrays in the model's view, or a reason (as a local run decodes them)."""
+    from featlab.runtime import ImageTensors
 
-    crop = preprocessing.crop
-    images, reasons = [], []
-    for path in batch["path"]:
-        try:
-            image = load_rgb(str(path))
-            if perturbation is not None:
-                image = perturbation.apply(image)
-            images.append(preprocessing.to_uint8(image).numpy())
-            reasons.append("")
-        except BadImageError as error:
-            images.append(np.zeros((3, crop, crop), dtype=np.uint8))
-            reasons.append(str(error))
-    return {"i": batch["i"], "image": np.stack(images), "reason": np.asarray(reasons, dtype=object)}
+    images = ImageTensors([str(p) for p in batch["path"]], preprocessing, perturbation)
+    decoded = [images[k] for k in range(len(images))]
+    return {"i": batch["i"], "image": np.stack([t.numpy() for _, t, _ in decoded]),
+            "reason": np.asarray([why for _, _, why in decoded], dtype=object)}
 
 
 class _Embed:

@@ -12,7 +12,7 @@ Methods (``method=``):
 * ``gradient`` (both families): the absolute gradient of the score with respect to the pixels,
   smoothed; for an SVM through its differentiable torch copy (:mod:`featlab.detector`).
 
-Maps live in the model's input (its view of the image); :func:`view_box` places them back on
+Maps live in the model's input (its view of the image); :meth:`Preprocessing.view_box` places them on
 the original image, whose parts outside the view are dimmed in the overlays.
 """
 
@@ -38,7 +38,6 @@ from featlab.data import load_rgb
 from featlab.detector import Detector
 from featlab.errors import BadImageError, FeatlabError
 from featlab.fileio import atomic_write_text
-from featlab.specs import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +66,6 @@ class Explanation:
         x0, y0, x1, y1 = self.box
         h, w = self.heatmap.shape
         return x0 + (col + 0.5) * (x1 - x0) / w, y0 + (row + 0.5) * (y1 - y0) / h
-
-
-def view_box(prep: Preprocessing, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """The region of an image of ``size`` (w, h) that :meth:`Preprocessing.to_uint8` keeps, in its pixels."""
-    w, h = size
-    if prep.resize_mode == "none":
-        sx = sy = 1.0 if min(w, h) >= prep.crop else prep.crop / min(w, h)
-    elif prep.resize_mode == "shorter":
-        sx = sy = prep.resize / min(w, h)
-    else:
-        sx, sy = prep.resize / w, prep.resize / h
-    new_w, new_h = round(w * sx), round(h * sy)
-    left, top = int(round((new_w - prep.crop) / 2.0)), int(round((new_h - prep.crop) / 2.0))
-    return left / sx, top / sy, (left + prep.crop) / sx, (top + prep.crop) / sy
 
 
 def normalise_map(raw: np.ndarray) -> np.ndarray:
@@ -201,7 +186,7 @@ def explain_paths(
         except BadImageError as error:
             out[i] = Explanation(str(path), float("nan"), "", method, None, None, str(error))
             continue
-        decoded.append((i, prep.to_uint8(image), view_box(prep, image.size)))
+        decoded.append((i, prep.to_uint8(image), prep.view_box(image.size)))
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start:start + batch_size]
         batch = torch.stack([t for _, t, _ in chunk])

@@ -380,3 +380,30 @@ def write_matrix(table: pd.DataFrame, out: str | os.PathLike) -> dict[str, Path]
 
 def _fmt_metric(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def write_table_report(out: str | os.PathLike, name: str, intro: str, table: pd.DataFrame,
+                       images: list[tuple[str, Path]], payload: dict) -> dict[str, Path]:
+    """``<name>.md``, a self-contained ``<name>.html`` (intro, table, embedded PNGs under their headings) and
+    ``<name>.json`` (``payload``) in ``out``; floats shown with 3 decimals. Returns {kind: path}."""
+    out = Path(out)
+
+    def fmt(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    rows = [[fmt(v) for v in row] for row in table.itertuples(index=False)]
+    md = [f"# featlab {name}", "", intro, "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns),
+          *["| " + " | ".join(row) + " |" for row in rows], "", *[f"![{heading}]({path.name})" for heading, path in images]]
+    atomic_write_text(out / f"{name}.md", "\n".join(md) + "\n")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+    pictures = "".join(f"<h2>{html.escape(heading)}</h2><img alt='{html.escape(heading)}' src='data:image/png;base64,"
+                       f"{base64.b64encode(path.read_bytes()).decode()}'>" for heading, path in images)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>featlab {html.escape(name)}</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid "
+            "#ccc;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
+            f"<h1>featlab {html.escape(name)}</h1><p>{html.escape(intro)}</p><table><tr>{head}</tr>{body}</table>"
+            f"{pictures}</body></html>")
+    atomic_write_text(out / f"{name}.html", page)
+    atomic_write_json(out / f"{name}.json", payload)
+    return {"markdown": out / f"{name}.md", "html": out / f"{name}.html", "json": out / f"{name}.json"}

@@ -10,6 +10,7 @@ import os
 from contextlib import nullcontext
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from featlab.data import load_rgb
@@ -96,3 +97,29 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, cpus)
     return 0 if cpus <= 4 else min(4, cpus // 4)
+
+
+# ------------------------------------------------------------ pixels -> score
+
+
+class PixelDetector(nn.Module):
+    """Float pixels (N, 3, H, W) in 0-255, already cut to the model's view -> score (N,), differentiable."""
+
+    def __init__(self, prep: Preprocessing, networks: list[nn.Module], head: nn.Module | None = None,
+                 flips: list[bool] | None = None) -> None:
+        super().__init__()
+        self.prep = prep
+        self.networks = nn.ModuleList(networks)
+        self.head = head
+        self.flips = flips or [False] * len(networks)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.prep.normalize(pixels)
+        parts = []
+        for network, flip in zip(self.networks, self.flips):
+            out = network(x).float()
+            if flip:
+                out = (out + network(x.flip(3)).float()) / 2
+            parts.append(out)
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return (self.head(out) if self.head is not None else out).reshape(-1)

@@ -57,6 +57,20 @@ class Preprocessing:
         image = TF.center_crop(image, [self.crop, self.crop])
         return TF.pil_to_tensor(image)
 
+    def view_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The region of an image of ``size`` (w, h) that :meth:`to_uint8` keeps, in that image's pixels
+        (x0, y0, x1, y1): where a map over the model's input lies on the original image."""
+        w, h = size
+        if self.resize_mode == "none":
+            sx = sy = 1.0 if min(w, h) >= self.crop else self.crop / min(w, h)
+        elif self.resize_mode == "shorter":
+            sx = sy = self.resize / min(w, h)
+        else:
+            sx, sy = self.resize / w, self.resize / h
+        new_w, new_h = round(w * sx), round(h * sy)
+        left, top = int(round((new_w - self.crop) / 2.0)), int(round((new_h - self.crop) / 2.0))
+        return left / sx, top / sy, (left + self.crop) / sx, (top + self.crop) / sy
+
     def with_view(self, view: str) -> Preprocessing:
         """The same normalisation with another geometry (see :data:`VIEWS`)."""
         if view not in VIEWS:

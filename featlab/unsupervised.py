@@ -325,38 +325,16 @@ def cluster_dataset(
 
 def write_cluster_report(table: pd.DataFrame, maps: dict[str, Path], context: dict, out: Path) -> dict[str, Path]:
     """cluster.md, cluster.html (tables + maps, self-contained) and cluster.json."""
-    import base64
-    import html
-
-    from featlab.fileio import atomic_write_json, atomic_write_text
+    from featlab.report import write_table_report
 
     columns = ["features", "method", "k", "clusters", "noise", "purity_label", "ari_label", "nmi_label"]
     columns += [c for c in ("purity_group", "ari_group", "nmi_group") if c in table]
-    shown = table[columns + ["seconds"]].copy()
-
-    def fmt(value) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
-
     head = (f"Data: {context['data']} ({context['split']}, {context['n_images']} images"
             f"{', SYNTHETIC' if context['synthetic'] else ''}); backbone {context['backbone']} "
             f"({context['weights']}{'' if context['pretrained'] else ', RANDOM WEIGHTS: plumbing only'}); PCA "
             f"{context['components']} before clustering; k {context['k']} (auto: best silhouette, 2-8); seed "
             f"{context['seed']}. Labels and groups are used only to score the clusters. Chance purity is the "
             "majority class's share.")
-    md = ["# featlab cluster", "", head, "", "| " + " | ".join(shown.columns) + " |",
-          "|" + "---|" * len(shown.columns)]
-    md += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    md += ["", *[f"![{source}]({path.name})" for source, path in maps.items()], ""]
-    atomic_write_text(out / "cluster.md", "\n".join(md))
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
-                    for row in shown.itertuples(index=False))
-    images = "".join(f"<h2>{html.escape(source)}</h2><img alt='map of {html.escape(source)}' src='data:image/png;"
-                     f"base64,{base64.b64encode(path.read_bytes()).decode()}'>" for source, path in maps.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>featlab cluster</title><style>body{font-family:"
-            "system-ui,sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
-            "font-size:13px}img{max-width:100%}</style></head><body><h1>featlab cluster</h1>"
-            f"<p>{html.escape(head)}</p><table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in shown.columns)}</tr>"
-            f"{cells}</table>{images}</body></html>")
-    atomic_write_text(out / "cluster.html", page)
-    atomic_write_json(out / "cluster.json", {"context": context, "rows": table.to_dict(orient="records")})
-    return {"markdown": out / "cluster.md", "html": out / "cluster.html", "json": out / "cluster.json"}
+    return write_table_report(out, "cluster", head, table[columns + ["seconds"]],
+                              [(f"map of {source}", path) for source, path in maps.items()],
+                              {"context": context, "rows": table.to_dict(orient="records")})

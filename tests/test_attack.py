@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from featlab.adversarial import BinaryLogits, PixelNetwork, attack_batch, eps_levels, parse_eps
+from featlab.adversarial import BinaryLogits, attack_batch, eps_levels, parse_eps
 from featlab.classical import build_pipeline
 from featlab.cnn import TrainConfig, train_cnn
 from featlab.data import load_rgb, scan_dataset
 from featlab.detector import TorchPipeline, load_detector
 from featlab.errors import FeatlabError
+from featlab.runtime import PixelDetector
 
 from .conftest import R18, cli_ok
 
@@ -46,7 +47,7 @@ def _tiny_classifier():
     with torch.no_grad():
         network[1].weight.fill_(1 / (3 * 64))
         network[1].bias.fill_(-128.0)
-    return BinaryLogits(PixelNetwork(type("P", (), {"normalize": staticmethod(lambda x: x)})(), network)).eval()
+    return BinaryLogits(PixelDetector(type("P", (), {"normalize": staticmethod(lambda x: x)})(), [network])).eval()
 
 
 def test_pgd_with_eps_zero_changes_nothing_and_budgets_hold_after_rounding():

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from data_prep.synth import make_planted_dataset
 from featlab.cli import app
 from featlab.detector import load_detector
-from featlab.explain import explain_paths, occlusion_positions, view_box
+from featlab.explain import explain_paths, occlusion_positions
 from featlab.specs import Preprocessing
 
 from .conftest import R18, cli_ok
@@ -165,7 +165,7 @@ def test_evaluate_explain_adds_a_gallery_that_renders(planted, tmp_path):
 
 def test_view_box_and_occlusion_grid():
     prep = Preprocessing(resize=256, crop=224)
-    assert view_box(prep, (256, 256)) == (16.0, 16.0, 240.0, 240.0)
-    assert view_box(prep.with_view("native"), (300, 300)) == (38.0, 38.0, 262.0, 262.0)
-    assert view_box(prep.with_view("full"), (600, 300)) == (0.0, 0.0, 600.0, 300.0)
+    assert prep.view_box((256, 256)) == (16.0, 16.0, 240.0, 240.0)
+    assert prep.with_view("native").view_box((300, 300)) == (38.0, 38.0, 262.0, 262.0)
+    assert prep.with_view("full").view_box((600, 300)) == (0.0, 0.0, 600.0, 300.0)
     assert occlusion_positions(224, 48, 24) == [0, 24, 48, 72, 96, 120, 144, 168, 176]
