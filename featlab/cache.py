@@ -187,8 +187,9 @@ class EmbeddingCache:
     def get(self, hashes: list[str] | pd.Series, scattered: bool = False) -> np.ndarray:
         """Embeddings for ``hashes`` in that order, as a float32 array (n, dim).
 
-        ``scattered``: the rows are a sparse random subset (streaming fits); the shards are mapped
-        without read-ahead, so only the pages of those rows are read into memory.
+        ``scattered``: the rows are a sparse random subset (streaming fits); each row is read with
+        ``pread`` straight into the result instead of through a memory map, so the shards' pages
+        never count in this process's memory (a mapped page brings its cached neighbours with it).
         """
         locations = self._scan()
         missing = [h for h in hashes if h not in locations]
@@ -205,12 +206,11 @@ class EmbeddingCache:
             rows.append(row)
         out = None
         for array_file, (targets, rows) in by_shard.items():
+            if scattered:
+                out = _read_rows(array_file, targets, rows, len(hashes), out)
+                continue
             if array_file not in self._arrays:
                 self._arrays[array_file] = np.load(array_file, mmap_mode="r")
-                if scattered and hasattr(getattr(self._arrays[array_file], "_mmap", None), "madvise"):
-                    import mmap
-
-                    self._arrays[array_file]._mmap.madvise(mmap.MADV_RANDOM)
             block = self._arrays[array_file][rows]
             if out is None:
                 out = np.empty((len(hashes), block.shape[1]), dtype=np.float32)
@@ -300,3 +300,26 @@ def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -
         if len(names) > 1:
             raise FeatlabError(f"features of several backbones in {features_dir} ({', '.join(names)}); name the backbone")
     return caches[0]
+
+
+def _read_rows(array_file: Path, targets: list[int], rows: list[int], n: int, out: np.ndarray | None) -> np.ndarray:
+    """``out[targets[i]] = shard[rows[i]]`` read with ``pread`` (no memory map); ``out`` made on first use."""
+    with open(array_file, "rb", buffering=0) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        if fortran_order or dtype != np.float32 or len(shape) != 2:
+            raise FeatlabError(f"shard {array_file.name}: expected a C-ordered float32 matrix, found {dtype} {shape}")
+        start = handle.tell()
+        if out is None:
+            out = np.empty((n, shape[1]), dtype=np.float32)
+        row_bytes = shape[1] * 4
+        for target, row in zip(targets, rows):
+            if hasattr(os, "preadv"):
+                got = os.preadv(handle.fileno(), [memoryview(out[target])], start + row * row_bytes)
+            else:  # Windows
+                handle.seek(start + row * row_bytes)
+                got = handle.readinto(memoryview(out[target]))
+            if got != row_bytes:
+                raise FeatlabError(f"shard {array_file.name} is shorter than its keys file; delete it and re-extract")
+    return out

@@ -246,10 +246,12 @@ def fit_svm_command(
     augment: str = typer.Option("", "--augment", help="Add one augmented copy of every training image: jpeg, blur "
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
-    max_memory: str = typer.Option("", "--max-memory", help="Memory for the training data, e.g. 2GB: when the "
-                                   "embeddings would need more, fit out of core (chunks from the cache: StandardScaler "
-                                   "-> PCA from X^T X -> Nystroem -> SGD hinge). The process's fixed footprint "
-                                   "(libraries, ~0.4-0.9 GB) comes on top."),
+    max_memory: str = typer.Option("", "--max-memory", help="Memory ceiling for the fit process, e.g. 2GB: when "
+                                   "the embeddings would need more, fit out of core (chunks from the cache: "
+                                   "StandardScaler -> PCA from X^T X -> Nystroem -> SGD hinge), sized from what is "
+                                   "left once the process's own footprint (libraries, the index) is counted."),
+    stream: bool = typer.Option(False, "--stream", help="Fit out of core even when the embeddings fit in memory "
+                                "(under --max-memory, 2GB when not given)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
     features: str = typer.Option("", "--features", help="Concatenate feature caches (folder names under "
                                  "features/, comma-separated, as 'featlab extract' prints them): other backbones, "
@@ -283,7 +285,7 @@ def fit_svm_command(
         cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
         C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
         class_weight=class_weight, probability=probability, solver=solver, augment=augment,
-        max_memory=parse_memory(max_memory),
+        max_memory=parse_memory(max_memory), stream=stream,
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
     for note in result.notes:

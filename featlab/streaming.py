@@ -3,15 +3,16 @@
 ``StandardScaler`` -> ``PCA`` (both from one pass of float64 sums and ``X^T X``: the exact PCA of the
 standardised data) -> ``Nystroem`` (RBF map fitted on a seeded
 sample) -> ``SGDClassifier`` (hinge loss: a linear SVM in the Nystroem space, ``alpha = 1 / (C n)``),
-each step fed chunk by chunk from the cache's memory-mapped shards. Chunks are sized so the working
-set stays under ``max_memory`` bytes (the chunks and their temporaries; the process's fixed footprint -
-libraries, the index, two d x d float64 matrices - comes on top). All candidate C values are trained in the same passes (each chunk
-is transformed once) and the one with the best balanced accuracy on the valid split is kept.
+each step fed chunk by chunk from the cache's shards (rows read with ``pread``, never memory-mapped).
+``max_memory`` is a ceiling on the whole process: chunks are sized from what is left once the memory
+the process already holds (libraries, the index) and the fixed d x d matrices are counted. All candidate
+C values are trained in the same passes (each chunk is transformed once) and the one with the best balanced accuracy on the valid split is kept.
 The result is an ordinary scikit-learn ``Pipeline`` that every featlab command reads.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -27,19 +28,73 @@ from sklearn.preprocessing import StandardScaler
 from featlab.classical import FitResult
 from featlab.errors import FeatlabError
 
-#: Bytes of memory per float32 embedding value in a chunk, measured: the rows gathered from the shards and
-#: their copy, the float64 copy, the scaled and centred temporaries of the transforms, plus a margin for the
-#: process's fixed footprint (a 24-byte estimate peaked at 3.3 GiB under a 2 GB cap on 200k x 2048).
+#: Bytes per float32 embedding value that an in-memory fit needs (the matrix, its float64 and scaled copies,
+#: PCA's SVD): above ``max_memory`` the streaming fit takes over.
 BYTES_PER_VALUE = 48
 
+#: Allocator slack on the per-row estimate of :func:`bytes_per_row` (freed blocks are not returned at once).
+ROW_MARGIN = 1.5
 
-def chunk_rows(n_features: int, max_memory: int, minimum: int) -> int:
-    """Rows per chunk that keep the working set under ``max_memory`` bytes (at least ``minimum``)."""
-    rows = int(max_memory // (n_features * BYTES_PER_VALUE))
+#: Rows per sub-block when a chunk goes through scaler -> PCA -> kernel map (bounds their float64 temporaries).
+SUB_BLOCK = 2048
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``; elsewhere its peak so far, an upper bound)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def bytes_per_row(n_features: int, kernel_components: int) -> int:
+    """Memory one chunk row holds: the first pass keeps the float32 row and its float64 copy; the
+    training passes keep the float32 row and its float64 kernel features."""
+    return int(ROW_MARGIN * max(12 * n_features, 4 * n_features + 8 * kernel_components))
+
+
+def transform_bytes_per_row(n_features: int, kernel_components: int) -> int:
+    """Memory of the temporaries for one row of a sub-block in transit (scaled, projected, kernel)."""
+    return int(ROW_MARGIN * 8 * (n_features + 2 * kernel_components))
+
+
+def fixed_bytes(n_features: int, components: int, kernel_components: int) -> int:
+    """Memory the fit needs whatever the chunk size: the d x d float64 sums, covariance and
+    eigenvectors (with eigh's workspace) and the fitted kernel map."""
+    return 8 * (6 * n_features**2 + kernel_components * (components + kernel_components))
+
+
+def chunk_rows(n_features: int, max_memory: int, minimum: int, kernel_components: int = 1000,
+               components: int = 256, footprint: int = 0) -> int:
+    """Rows per chunk that keep the process under ``max_memory`` bytes, given the ``footprint`` it
+    already holds (at least ``minimum`` rows, else a :class:`FeatlabError` that says what is needed).
+
+    A chunk of ``r`` rows costs ``r * bytes_per_row`` plus the transform temporaries of
+    ``min(r, SUB_BLOCK)`` rows, on top of :func:`fixed_bytes`.
+    """
+    fixed = fixed_bytes(n_features, components, kernel_components)
+    per_row = bytes_per_row(n_features, kernel_components)
+    in_transit = transform_bytes_per_row(n_features, kernel_components)
+    budget = max_memory - footprint - fixed
+    rows = int(budget // (per_row + in_transit))
+    if rows > SUB_BLOCK:
+        rows = int((budget - SUB_BLOCK * in_transit) // per_row)
     if rows < minimum:
-        raise FeatlabError(f"max memory {max_memory / 2**20:.0f} MB is too small for chunks of {minimum} rows of "
-                           f"{n_features} values; raise it or lower --pca")
+        need = footprint + fixed + minimum * (per_row + in_transit)
+        raise FeatlabError(f"max memory {_size(max_memory)} is too small: the process already holds "
+                           f"{_size(footprint)} and the fit needs {_size(fixed)} for its fixed matrices and "
+                           f"{_size(need - footprint - fixed)} for chunks of {minimum} rows of {n_features} values; "
+                           f"give at least {_size(need)} or lower --pca")
     return rows
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.0f} MB" if count >= 2**20 else f"{count / 2**10:.0f} KB"
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -107,9 +162,13 @@ def fit_streaming(
     read_train: Callable[[np.ndarray], np.ndarray], y_train: np.ndarray, n_features: int,
     read_valid: Callable[[np.ndarray], np.ndarray] | None = None, y_valid: np.ndarray | None = None,
     pca: int = 256, C: list[float] | None = None, nystroem_components: int = 1000, epochs: int = 5,
-    max_memory: int = 2 * 2**30, seed: int = 0,
+    max_memory: int = 2 * 2**30, seed: int = 0, footprint: int | None = None,
 ) -> FitResult:
-    """Fit the streaming pipeline (module docstring) reading rows by index; see :class:`featlab.classical.FitResult`."""
+    """Fit the streaming pipeline (module docstring) reading rows by index; see :class:`featlab.classical.FitResult`.
+
+    ``max_memory`` caps the whole process's resident memory: chunks get what is left after
+    ``footprint`` (what the process holds already; None measures it now) and the fixed matrices.
+    """
     y_train = np.asarray(y_train)
     n = len(y_train)
     if len(np.unique(y_train)) < 2:
@@ -118,31 +177,37 @@ def fit_streaming(
         raise FeatlabError("streaming fit needs a PCA size (--pca N)")
     pca = int(min(pca, n_features, n))
     C = C or [1.0]
-    rows = chunk_rows(n_features, max_memory, pca + 1)
+    kernel_components = min(nystroem_components, n)
+    footprint = resident_bytes() if footprint is None else footprint
+    rows = chunk_rows(n_features, max_memory, pca + 1, kernel_components, pca, footprint)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     scaler, reducer = _scaler_and_pca(read_train, n, n_features, rows, pca, seed)
     sample = np.sort(rng.choice(n, size=min(n, max(nystroem_components, 2000)), replace=False))
     reduced_sample = reducer.transform(scaler.transform(read_train(sample)))
     gamma = 1.0 / (reduced_sample.shape[1] * reduced_sample.var())  # sklearn's "scale"
-    kmap = Nystroem(gamma=gamma, n_components=min(nystroem_components, len(sample)), random_state=seed)
+    kmap = Nystroem(gamma=gamma, n_components=kernel_components, random_state=seed)
     kmap.fit(reduced_sample)
-    cap = f"{max_memory / 2**20:.0f} MB" if max_memory >= 2**20 else f"{max_memory / 2**10:.0f} KB"
-    notes = [f"streaming fit: {len(_chunks(n, rows))} chunks of up to {rows} rows (max memory {cap}); "
-             f"PCA {pca} (exact, from X^T X), Nystroem {kmap.n_components}, SGD hinge, {epochs} epochs"]
+    del reduced_sample
+    notes = [f"streaming fit: {len(_chunks(n, rows))} chunks of up to {rows} rows (max memory {_size(max_memory)}, "
+             f"{_size(footprint)} already in use); PCA {pca} (exact, from X^T X), Nystroem {kmap.n_components}, "
+             f"SGD hinge, {epochs} epochs"]
 
-    def features(read, idx, block: int = 2048):
-        # transform in sub-blocks: the float64 temporaries of scaling, projecting and the kernel map stay small
+    def features(read, idx):
+        # transform in sub-blocks straight into the result: the float64 temporaries stay one block big
         X = read(idx)
-        return np.vstack([kmap.transform(reducer.transform(scaler.transform(X[i:i + block])))
-                          for i in range(0, len(X), block)])
+        out = np.empty((len(X), kmap.n_components), dtype=np.float64)
+        for i in range(0, len(X), SUB_BLOCK):
+            out[i:i + SUB_BLOCK] = kmap.transform(reducer.transform(scaler.transform(X[i:i + SUB_BLOCK])))
+        return out
 
-    models = {c: SGDClassifier(loss="hinge", alpha=1.0 / (c * n), random_state=seed) for c in C}
+    models = {c: SGDClassifier(loss="hinge", alpha=1.0 / (c * n), average=True, random_state=seed) for c in C}
     for _ in range(epochs):
         for idx in _chunks(n, rows, rng):
             X = features(read_train, idx)
             for model in models.values():
                 model.partial_fit(X, y_train[idx], classes=np.array([0, 1]))
+            del X  # before the next chunk is read, not after
     fit_seconds = time.perf_counter() - started
     search, selection, best = [], "single candidate (no search)", C[0]
     start = time.perf_counter()
@@ -153,6 +218,7 @@ def fit_streaming(
             X = features(read_valid, idx)
             for c, model in models.items():
                 predictions[c].append(model.predict(X))
+            del X
         for c in C:
             search.append({"clf__C": c, "score": balanced_accuracy_score(y_valid, np.concatenate(predictions[c]))})
         best = max(search, key=lambda r: r["score"])["clf__C"]

@@ -17,7 +17,7 @@ from featlab.cache import EmbeddingCache, find_caches
 from featlab.classical import FitResult, fit_svm, pca_summary, scores
 from featlab.errors import FeatlabError
 from featlab.modelfile import check_sealed, save_model_folder, verified_artifact
-from featlab.streaming import BYTES_PER_VALUE
+from featlab.streaming import BYTES_PER_VALUE, resident_bytes
 from featlab.versions import library_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def fit_from_cache(
     augment: str = "",
     device: str = "auto",
     max_memory: int | None = None,
+    stream: bool = False,
     **options,
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
@@ -113,7 +114,8 @@ def fit_from_cache(
     ``options`` are passed to :func:`featlab.classical.fit_svm` (pca, kernel, C, gamma,
     class_weight, probability, solver). ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds
     one augmented copy of every training image (:func:`augmented_embeddings`); selection stays on
-    the clean valid split.
+    the clean valid split. ``max_memory`` (bytes) caps the process: when the embeddings would not
+    fit under it, or with ``stream``, the fit runs out of core (:mod:`featlab.streaming`).
     """
     index = cache.index()
     splits = set(index.split)
@@ -121,10 +123,11 @@ def fit_from_cache(
     if train_rows.empty:
         raise FeatlabError(f"{cache.folder}: the train split holds no usable images")
     dim = int(cache.meta.get("embed_dim") or cache.get(list(train_rows.sha256[:1])).shape[1])
-    if max_memory and len(train_rows) * dim * BYTES_PER_VALUE > max_memory:
+    if stream or (max_memory and resident_bytes() + len(train_rows) * dim * BYTES_PER_VALUE > max_memory):
         if augment:
-            raise FeatlabError("--augment is not available with a streaming fit (the embeddings exceed --max-memory)")
-        result = _fit_streaming(cache, index, train_rows, dim, max_memory, seed, options)
+            raise FeatlabError("--augment is not available with a streaming fit (--stream, or the embeddings "
+                               "exceed --max-memory)")
+        result = _fit_streaming(cache, index, train_rows, dim, max_memory or 2 * 2**30, seed, options)
         n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), int(((index.split == "valid") & (
             index.status == "ok")).sum())
     else:
@@ -181,12 +184,9 @@ def _fit_streaming(cache: EmbeddingCache, index, train_rows, dim: int, max_memor
         raise FeatlabError("a streaming fit needs --pca as a number of components")
 
     def read(hashes):
-        def rows(idx):
-            block = cache.get(list(hashes[idx]), scattered=True)
-            cache.release()  # keep only this chunk in memory, not every mapped shard
-            return block
+        return lambda idx: cache.get(list(hashes[idx]), scattered=True)
 
-        return rows
+    len(cache)  # read the shard keys now, so the footprint the fit measures includes them
 
     return fit_streaming(
         read(train_hashes), train_rows.label.to_numpy(), dim, read(valid_hashes) if len(valid_rows) else None,
