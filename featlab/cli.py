@@ -30,6 +30,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Dataset tools: assemble, check and generate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+RayOption = typer.Option(None, "--ray", help="Run on Ray Data: 'local' (a local cluster), 'auto' (the running "
+                         "cluster) or a cluster address; needs pip install 'featlab[ray]'.")
 WorkdirOption = typer.Option(
     None,
     "--workdir",
@@ -163,8 +165,7 @@ def extract(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(512, "--shard-size", min=1, help="Images per committed shard (the most a "
                                    "killed run can lose)."),
-    ray: str | None = typer.Option(None, "--ray", help="Run on Ray Data: 'local' (a local cluster), 'auto' (the "
-                                   "running cluster) or a cluster address; needs pip install 'featlab[ray]'."),
+    ray: str | None = RayOption,
     workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on CPUs with <= 4 cores, up to 8 with CUDA)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     layers: str = typer.Option(
@@ -500,6 +501,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (model.joblib: "
                                       "a pickle, which runs code when loaded). Only for folders you made."),
+    ray: str | None = RayOption,
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Evaluate saved models (SVM or CNN) on a split of any dataset: JSON report, terminal table and plots.
@@ -518,13 +520,13 @@ def evaluate(
         if not roots:
             raise typer.BadParameter("a matrix needs --data for every test set", param_hint="--data")
         table, written = evaluate_matrix(folders, roots, ws, split=split, out=out, device=device,
-                                         trust_pickle=trust_pickle)
+                                         trust_pickle=trust_pickle, ray=ray)
         typer.echo(written["markdown"].read_text())
         typer.echo(f"written: {written['markdown']}, {written['html']}, {written['png']}")
         return
     report, path = evaluate_model(folders[0], ws, split=split, plots=plots, data_root=str(roots[0]) if roots else None,
                                   device=device, trust_pickle=trust_pickle, groups_csv=str(groups) if groups else None,
-                                  explain=explain, explain_method=explain_method)
+                                  explain=explain, explain_method=explain_method, ray=ray)
     typer.echo(print_metrics(report))
     typer.echo(f"report: {path}")
     if report.get("gallery"):
@@ -540,6 +542,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
+    ray: str | None = RayOption,
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal."""
@@ -548,7 +551,7 @@ def predict(
 
     ws = _workspace(workdir)
     table = predict_paths(resolve_model(model, ws.models), target, ws, batch_size=batch_size, device=device,
-                          trust_pickle=trust_pickle)
+                          trust_pickle=trust_pickle, ray=ray)
     if out:
         from featlab.fileio import atomic_write_text
 

@@ -1,4 +1,4 @@
-"""Extraction on Ray Data: decoding in CPU tasks, the model in an actor pool, results into the same cache.
+"""Extraction and scoring on Ray Data: decoding in CPU tasks, the model in an actor pool.
 
 ``featlab extract --ray [ADDRESS]`` (and :func:`featlab.extract.extract_manifest` with ``ray=``): the
 driver works out which images the cache lacks *before* scheduling anything, Ray Data reads those
@@ -6,6 +6,10 @@ paths, decodes and preprocesses them in CPU tasks, runs the extractor in an acto
 per GPU, or sized to the CPUs), and streams the embeddings back to the driver, which commits them
 shard by shard into the content-addressed cache. A killed job therefore resumes where it stopped,
 and the embeddings equal a local run's (same extractor, same preprocessing).
+
+``featlab predict`` / ``evaluate --ray``: an SVM's missing embeddings are extracted as above; a CNN
+or autoencoder folder is scored by :func:`score_with_ray` (each actor loads the folder itself, so
+only its path travels).
 
 Ray is an optional extra: ``pip install 'featlab[ray]'``.
 
@@ -47,6 +51,28 @@ def _decode(batch: dict, preprocessing, perturbation) -> dict:
             "reason": np.asarray([why for _, _, why in decoded], dtype=object)}
 
 
+class _Score:
+    """Ray actor: a pixel model (CNN or autoencoder folder) loaded once per actor by ``load``."""
+
+    def __init__(self, load, folder: str, device: str, threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model, self.prep, _, self.device = load(folder, device)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        good = np.flatnonzero(batch["reason"] == "")
+        out = np.full(len(batch["i"]), np.nan)
+        if len(good):
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["image"][good])).to(self.device)
+            with torch.inference_mode():
+                x = self.prep.normalize(pixels).contiguous(memory_format=torch.channels_last)
+                out[good] = self.model(x).float().view(-1).cpu().numpy()
+        return {"i": batch["i"], "score": out, "reason": batch["reason"]}
+
+
 class _Embed:
     """Ray actor: the extractor, built once per actor from the driver's recorded configuration."""
 
@@ -69,29 +95,45 @@ class _Embed:
         return {"i": batch["i"], "embedding": out, "reason": batch["reason"]}
 
 
-def compute_with_ray(paths: list[str], hashes: list[str], extractor, cache, shard_size: int, address: str,
-                     batch_size: int = 32, progress: bool = False) -> int:
-    """Embed ``paths`` on Ray Data and commit them into ``cache``; returns how many could not be decoded."""
+def _connect(address: str):
+    """Ray, connected: ``local`` starts a local cluster, ``auto`` joins the running one, else an address."""
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+    return ray
+
+
+def _actor_plan(ray, want_cuda: bool) -> tuple[str, int, int]:
+    """(device, actors, torch threads per actor): one actor per GPU, or one per 2 CPU cores."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    device = "cuda" if gpus and extractor.torch_device.type == "cuda" else "cpu"
-    # CPU: one actor per 2 cores, each running torch on its cores (less the decoding tasks' share)
+    device = "cuda" if gpus and want_cuda else "cpu"
     actors = gpus if device == "cuda" else max(1, cpus // 2)
+    # CPU actors run torch on their cores, less the decoding tasks' share
     threads = max(1, (cpus - 1) // actors) if device == "cpu" else 1
+    return device, actors, threads
+
+
+def _pipeline(ray, paths: list[str], preprocessing, perturbation, actor, actor_args: tuple, device: str,
+              actors: int, threads: int, batch_size: int):
+    """paths -> decoded in light tasks (a quarter CPU each, so they never starve the actors) -> ``actor``."""
     dataset = ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(paths)])
-    # decoding: light stateless tasks (a quarter CPU each, so they never starve the model actors)
-    dataset = dataset.map_batches(_decode, fn_kwargs={"preprocessing": extractor.preprocessing,
-                                                      "perturbation": extractor.perturbation},
+    dataset = dataset.map_batches(_decode, fn_kwargs={"preprocessing": preprocessing, "perturbation": perturbation},
                                   batch_size=batch_size, num_cpus=0.25)
-    dataset = dataset.map_batches(
-        _Embed, fn_constructor_args=(extractor.config, extractor.backbone.weights, device, extractor.perturbation,
-                                     threads),
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if device == "cuda" else 0, num_cpus=0 if device == "cuda" else threads)
+    return dataset.map_batches(actor, fn_constructor_args=actor_args, batch_size=batch_size,
+                               compute=ray.data.ActorPoolStrategy(size=actors),
+                               num_gpus=1 if device == "cuda" else 0, num_cpus=0 if device == "cuda" else threads)
+
+
+def compute_with_ray(paths: list[str], hashes: list[str], extractor, cache, shard_size: int, address: str,
+                     batch_size: int = 32, progress: bool = False) -> int:
+    """Embed ``paths`` on Ray Data and commit them into ``cache``; returns how many could not be decoded."""
+    ray = _connect(address)
+    device, actors, threads = _actor_plan(ray, extractor.torch_device.type == "cuda")
+    dataset = _pipeline(ray, paths, extractor.preprocessing, extractor.perturbation, _Embed,
+                        (extractor.config, extractor.backbone.weights, device, extractor.perturbation, threads),
+                        device, actors, threads, batch_size)
     failed = 0
     log.info("ray: %d images, %d actor(s) on %s", len(paths), actors, device)
     for batch in dataset.iter_batches(batch_size=shard_size, batch_format="numpy"):
@@ -106,3 +148,22 @@ def compute_with_ray(paths: list[str], hashes: list[str], extractor, cache, shar
         if progress:
             print(f"ray: committed {int(good.sum())} embeddings", flush=True)
     return failed
+
+
+def score_with_ray(paths: list[str], load, folder: str, preprocessing, address: str, batch_size: int = 32,
+                   want_cuda: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Scores of ``paths`` by the pixel model in ``folder`` on Ray Data, in fp32 as a local run scores.
+
+    ``load(folder, device) -> (network, preprocessing, meta, device)`` runs in each actor
+    (:func:`featlab.autoencoder.load_pixel_model`). Returns (score per path, NaN where undecodable;
+    reason per path, "" when decoded), as :func:`featlab.cnn.score_images` does.
+    """
+    ray = _connect(address)
+    device, actors, threads = _actor_plan(ray, want_cuda)
+    dataset = _pipeline(ray, paths, preprocessing, None, _Score, (load, str(folder), device, threads), device,
+                        actors, threads, batch_size)
+    scores, reasons = np.full(len(paths), np.nan), [""] * len(paths)
+    for batch in dataset.iter_batches(batch_size=max(batch_size, 256), batch_format="numpy"):
+        for i, score, reason in zip(batch["i"].astype(int), batch["score"], batch["reason"]):
+            scores[i], reasons[i] = score, str(reason)
+    return scores, reasons

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from featlab import CLASS_NAMES
-from featlab.autoencoder import PIXEL_KINDS, load_pixel_model
+from featlab.autoencoder import PIXEL_KINDS
 from featlab.cache import dataset_tag
 from featlab.classical import decision_threshold
-from featlab.cnn import predict_cnn, score_images
+from featlab.cnn import predict_cnn, score_model_folder
 from featlab.data import scan_dataset, scan_images
 from featlab.errors import FeatlabError
 from featlab.extract import embed
@@ -22,6 +22,7 @@ from featlab.groups import find_groups, groups_for
 from featlab.metrics import binary_metrics, curve_points, group_metrics
 from featlab.modelfile import read_model_meta
 from featlab.report import build_report, data_section, report_paths, save_report, write_plots
+from featlab.runtime import resolve_device
 from featlab.svm import cache_for_model, check_features, load_svm
 from featlab.workspace import Workspace
 
@@ -40,14 +41,15 @@ def _svm_parameters(pipeline) -> int:
 def evaluate_model(
     model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
     data_root: str | None = None, device: str = "auto", groups_csv: str | None = None, trust_pickle: bool = False,
-    explain: int = 0, explain_method: str = "auto",
+    explain: int = 0, explain_method: str = "auto", ray: str | None = None,
 ) -> tuple[dict, Path]:
     """Write the common JSON report (and plots) for a model folder on one split.
 
     Metrics are also broken down by group (:mod:`featlab.groups`; ``groups_csv`` adds ``path,group`` rows).
     Per-image scores go to ``<report>.predictions.csv``. ``explain`` > 0 adds a gallery
     (``<report>-gallery/index.html``, see :mod:`featlab.explain`) of that many most confident true
-    positives, false positives and false negatives, with their heatmaps (``explain_method``).
+    positives, false positives and false negatives, with their heatmaps (``explain_method``). ``ray``
+    runs the images' extraction (SVM) or scoring (CNN) on Ray Data (:mod:`featlab.distributed`).
 
     Returns
     -------
@@ -56,10 +58,10 @@ def evaluate_model(
     meta = read_model_meta(model)
     if meta.get("kind") in PIXEL_KINDS:
         report, path = evaluate_cnn(model, workspace, split=split, plots=plots, data_root=data_root, device=device,
-                                    groups_csv=groups_csv)
+                                    groups_csv=groups_csv, ray=ray)
     else:
         report, path = evaluate_svm(model, workspace, split=split, plots=plots, groups_csv=groups_csv,
-                                    trust_pickle=trust_pickle, data_root=data_root, device=device)
+                                    trust_pickle=trust_pickle, data_root=data_root, device=device, ray=ray)
     if explain:
         report["gallery"] = str(write_report_gallery(model, report, path, explain, explain_method, device,
                                                      trust_pickle))
@@ -104,7 +106,7 @@ def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
     raise FeatlabError(f"{root}: no split {split!r} (has {', '.join(sorted(splits))})")
 
 
-def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_root, device: str):
+def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_root, device: str, ray=None):
     """(X, y, index, root, tag) of the images to score: the training dataset's split, or another dataset,
     whose missing embeddings are extracted into the model's own cache under a separate index."""
     trained_on = meta.get("data_root") or cache.meta.get("data_root", "")
@@ -121,7 +123,7 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
     split = evaluation_split(manifest, split, root)
     result = embed(manifest[manifest.split == split], meta["extraction"], meta["weights_info"], workspace.features,
-                   device)
+                   device, ray=ray)
     check_features(meta, result.cache)
     tag = dataset_tag(root)
     result.cache.write_index(result.manifest, name=tag)
@@ -130,18 +132,17 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
 
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
-                 device: str = "auto", groups_csv: str | None = None):
+                 device: str = "auto", groups_csv: str | None = None, ray: str | None = None):
     """Report of a CNN (or autoencoder) folder on ``split`` of its training data or of another dataset."""
-    model, prep, meta, torch_device = load_pixel_model(model_folder, device)
+    meta = read_model_meta(model_folder)
     root = str(Path(data_root or meta["data_root"]).resolve())
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
     split = evaluation_split(manifest, split, root)
     rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
     if rows.empty:
         raise FeatlabError(f"{root}: split {split!r} holds no images")
-    precision = "fp32"
     start = time.perf_counter()
-    scores, reasons = score_images(model, prep, list(rows.path), 32, torch_device, precision)
+    scores, reasons, meta = score_model_folder(model_folder, list(rows.path), 32, device, ray)
     seconds = time.perf_counter() - start
     ok = ~np.isnan(scores)
     y = rows.label.to_numpy()[ok]
@@ -166,7 +167,8 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
         metrics=metrics,
         costs={"train_seconds": float(meta.get("train_seconds", 0.0)),
                "inference_images_per_s": float(len(rows) / seconds),
-               "inference_note": f"end to end (decode + forward, batch 32, {precision}) on {torch_device}",
+               "inference_note": "end to end (decode + forward, batch 32, fp32) on "
+                                 + (f"Ray Data ({ray})" if ray else str(resolve_device(device))),
                "model_bytes": int(meta["bytes"]), "parameters": int(meta["parameters"])},
         plots=plot_files,
         groups=groups,
@@ -186,12 +188,12 @@ def _write_predictions(json_path: Path, paths: list[str], labels, scores, thresh
 
 def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "test", plots: bool = True,
                  groups_csv: str | None = None, trust_pickle: bool = False, data_root: str | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", ray: str | None = None):
     """Report of an SVM folder on ``split`` of its training data, or of another dataset (``data_root``)."""
     meta = read_model_meta(model)
     cache = cache_for_model(meta, workspace.features)
     svm = load_svm(model, cache, trust_pickle=trust_pickle)
-    X, y, index, root, tag = _svm_data(svm, meta, cache, workspace, split, data_root, device)
+    X, y, index, root, tag = _svm_data(svm, meta, cache, workspace, split, data_root, device, ray)
     split = str(index.split.iloc[0]) if len(index) else split
     if len(X) == 0:
         raise FeatlabError(f"split {split!r} holds no usable images")
@@ -247,29 +249,30 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
 
 def predict_paths(
     model: str | os.PathLike, target: str | os.PathLike, workspace: Workspace, batch_size: int = 32,
-    device: str = "auto", progress: bool = False, trust_pickle: bool = False,
+    device: str = "auto", progress: bool = False, trust_pickle: bool = False, ray: str | None = None,
 ) -> pd.DataFrame:
     """Classify an image file or a folder (any layout). Unreadable files are listed, not fatal.
+    ``ray`` runs the work on Ray Data (:mod:`featlab.distributed`).
 
     Returns
     -------
     DataFrame with path, score, score_kind, label (real/fake or empty), status, reason.
     """
     return predict_manifest(model, scan_images(target), workspace, batch_size=batch_size, device=device,
-                            progress=progress, trust_pickle=trust_pickle)[0]
+                            progress=progress, trust_pickle=trust_pickle, ray=ray)[0]
 
 
 def predict_manifest(
     model: str | os.PathLike, manifest: pd.DataFrame, workspace: Workspace, batch_size: int = 32,
-    device: str = "auto", progress: bool = False, trust_pickle: bool = False,
+    device: str = "auto", progress: bool = False, trust_pickle: bool = False, ray: str | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Scores of the images of a manifest (see :func:`predict_paths`) and the model's threshold."""
     meta = read_model_meta(model)
     if meta.get("kind") in PIXEL_KINDS:
-        return predict_cnn(model, manifest, batch_size=batch_size, device=device), 0.0
+        return predict_cnn(model, manifest, batch_size=batch_size, device=device, ray=ray), 0.0
     svm = load_svm(model, trust_pickle=trust_pickle)  # verified before any extraction work
     result = embed(manifest, meta["extraction"], meta["weights_info"], workspace.features, device,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, ray=ray)
     check_features(svm.meta, result.cache)
     rows = result.manifest
     ok = rows.status == "ok"
@@ -288,7 +291,7 @@ def predict_manifest(
 
 def evaluate_matrix(
     models: list[str | os.PathLike], data_roots: list[str | os.PathLike], workspace: Workspace, split: str = "test",
-    out: str | os.PathLike | None = None, device: str = "auto", trust_pickle: bool = False,
+    out: str | os.PathLike | None = None, device: str = "auto", trust_pickle: bool = False, ray: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Cross-dataset matrix: every model (rows, "trained on X") on every dataset (columns).
 
@@ -306,7 +309,7 @@ def evaluate_matrix(
     for model in models:
         for root in data_roots:
             report, path = evaluate_model(model, workspace, split=split, plots=False, data_root=str(root),
-                                          device=device, trust_pickle=trust_pickle)
+                                          device=device, trust_pickle=trust_pickle, ray=ray)
             m = report["metrics"]
             rows.append({"model": report["model"]["name"], "trained_on": Path(report["data"].get("trained_on") or
                          read_model_meta(model).get("data_root", "")).name, "data": Path(str(root)).name,

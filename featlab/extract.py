@@ -298,16 +298,17 @@ def extractor_from_config(config: dict, weights_info: dict, device: str = "auto"
 def embed(
     manifest: pd.DataFrame, config: dict, weights_info: dict, features_dir: str | os.PathLike, device: str = "auto",
     perturbation: Perturbation | None = None, batch_size: int = 32, progress: bool = False,
-    write_index: bool = False, data_root: str = "",
+    write_index: bool = False, data_root: str = "", ray: str | None = None,
 ) -> ExtractionResult:
     """Embeddings of a manifest for a recorded feature config: one extractor, or the concatenation of
-    several caches' features (``featlab fit-svm --features A,B``; see :func:`concat_results`)."""
+    several caches' features (``featlab fit-svm --features A,B``; see :func:`concat_results`).
+    ``ray``: extract on Ray Data (see :func:`extract_manifest`)."""
     if "concat" not in config:
         extractor = extractor_from_config(config, weights_info, device, perturbation)
         return extract_manifest(manifest, extractor, features_dir, batch_size=batch_size, progress=progress,
-                                write_index=write_index, data_root=data_root)
+                                write_index=write_index, data_root=data_root, ray=ray)
     parts = [embed(manifest, part["config"], part["weights_info"], features_dir, device, perturbation, batch_size,
-                   progress) for part in weights_info["parts"]]
+                   progress, ray=ray) for part in weights_info["parts"]]
     return concat_results(parts, features_dir, write_index=write_index, data_root=data_root)
 
 

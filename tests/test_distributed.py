@@ -77,3 +77,39 @@ def test_ray_missing_says_how_to_install(monkeypatch, synth_root, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         "featlab: error: --ray needs Ray Data: pip install 'featlab[ray]' (or pip install 'ray[data]')")
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_on_ray_equal_a_local_run(synth_root, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'featlab[ray]'; make setup installs it)")
+    import json
+
+    import pandas as pd
+
+    from .conftest import train_svm_and_cnn
+
+    work = train_svm_and_cnn(tmp_path / "work", synth_root, "svm", "1")
+    bad = tmp_path / "folder"
+    bad.mkdir()
+    for k, image in enumerate(sorted((synth_root / "test").glob("*/*.*"))[:6]):
+        (bad / f"{k}{image.suffix}").write_bytes(image.read_bytes())
+    (bad / "broken.jpg").write_bytes(b"not an image")
+    try:
+        for model in ("svm", "cnn"):
+            tables = {}
+            for where, extra in (("local", []), ("ray", ["--ray", "local"])):
+                cli_ok("predict", model, bad, "--out", tmp_path / f"{model}-{where}.csv", "--workdir", work, *extra)
+                tables[where] = pd.read_csv(tmp_path / f"{model}-{where}.csv")
+                report = cli_ok("evaluate", model, "--no-plots", "--workdir", work, *extra).output
+                path = next(line for line in report.splitlines() if line.startswith("report: "))[8:]
+                tables[f"{where}-report"] = json.loads(open(path).read())
+            local, remote = tables["local"], tables["ray"]
+            assert list(remote.status) == list(local.status) and (local.status != "ok").sum() == 1
+            np.testing.assert_allclose(remote.score, local.score, atol=1e-4)  # NaN where quarantined, in both
+            assert remote.label.fillna("").tolist() == local.label.fillna("").tolist()
+            ours, theirs = tables["ray-report"]["metrics"], tables["local-report"]["metrics"]
+            assert ours["roc_auc"] == pytest.approx(theirs["roc_auc"], abs=1e-6)
+            assert ours["confusion_matrix"] == theirs["confusion_matrix"]
+        assert "Ray Data (local)" in tables["ray-report"]["costs"]["inference_note"]
+    finally:
+        ray.shutdown()

@@ -25,4 +25,4 @@ if __name__ == "__main__":
     print("== --ray local vs plain extraction (one machine: Ray's overhead)", flush=True)
     bench_ray.main(["--images", "200"] if quick else [])
     print("== SVM on synthetic embeddings (dim 2048, PCA 256)", flush=True)
-    bench_svm.main(["--sizes", "2000", "--stream", "20000", "--max-memory", "100MB"] if quick else [])
+    bench_svm.main(["--sizes", "2000", "--stream", "20000", "--max-memory", "2GB"] if quick else [])
