@@ -251,6 +251,21 @@ class EmbeddingCache:
     def _index_path(self, name: str | None) -> Path:
         return self.folder / "index.csv" if name is None else self.folder / "indexes" / f"{name}.csv"
 
+    def dataset_index(self, data_root: str | os.PathLike | None) -> tuple[str | None, str]:
+        """(index name, absolute root) of a dataset this cache holds features of; ``None`` picks the
+        dataset extracted last (``index.csv``)."""
+        if not data_root:
+            return None, self.meta.get("data_root", "")
+        root = str(Path(data_root).resolve())
+        name = dataset_tag(root)
+        if not self._index_path(name).is_file():
+            raise FeatlabError(f"{self.folder.name} holds no features of {root}; run featlab extract --data {root}")
+        return name, root
+
+    def datasets(self) -> list[str]:
+        """Index names of every dataset extracted into this cache."""
+        return sorted(p.stem for p in (self.folder / "indexes").glob("*.csv"))
+
     def write_index(self, manifest: pd.DataFrame, name: str | None = None) -> None:
         atomic_write_text(self._index_path(name), manifest[INDEX_COLUMNS].to_csv(index=False))
 

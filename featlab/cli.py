@@ -253,6 +253,8 @@ def fit_svm_command(
                                    "left once the process's own footprint (libraries, the index) is counted."),
     stream: bool = typer.Option(False, "--stream", help="Fit out of core even when the embeddings fit in memory "
                                 "(under --max-memory, 2GB when not given)."),
+    data: Path | None = typer.Option(None, "--data", help="Which extracted dataset to train on when the cache holds "
+                                     "several (default: the dataset extracted last)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Which features (when several were extracted)."),
     features: str = typer.Option("", "--features", help="Concatenate feature caches (folder names under "
                                  "features/, comma-separated, as 'featlab extract' prints them): other backbones, "
@@ -277,7 +279,7 @@ def fit_svm_command(
         missing = [f.name for f in folders if not (f / "meta.json").is_file()]
         if missing:
             raise FeatlabError(f"no feature cache named {', '.join(missing)} in {ws.features}")
-        cache = concat_caches([EmbeddingCache(f) for f in folders], ws.features)
+        cache = concat_caches([EmbeddingCache(f) for f in folders], ws.features, data_root=data)
     else:
         cache = select_cache(ws.features, backbone)
     if class_weight not in (None, "balanced"):
@@ -286,7 +288,7 @@ def fit_svm_command(
         cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
         C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
         class_weight=class_weight, probability=probability, solver=solver, augment=augment,
-        max_memory=parse_memory(max_memory), stream=stream,
+        max_memory=parse_memory(max_memory), stream=stream, data_root=data,
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
     for note in result.notes:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from featlab import LABELS, __version__
-from featlab.cache import EmbeddingCache, find_caches
+from featlab.cache import EmbeddingCache, dataset_tag, find_caches
 from featlab.classical import FitResult, fit_svm, pca_summary, scores
 from featlab.errors import FeatlabError
 from featlab.modelfile import check_sealed, save_model_folder, verified_artifact
@@ -81,17 +81,17 @@ def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int =
 
 
 def concat_caches(caches: list[EmbeddingCache], features_dir: str | os.PathLike, device: str = "auto",
-                  progress: bool = False) -> EmbeddingCache:
-    """One cache whose embeddings concatenate those of ``caches`` (other backbones, layers or recipes) on the
-    dataset the first one indexes; images a part lacks are extracted for it first. Selection of such a
-    combination belongs on the valid split, like any other recipe."""
+                  progress: bool = False, data_root: str | os.PathLike | None = None) -> EmbeddingCache:
+    """One cache whose embeddings concatenate those of ``caches`` (other backbones, layers or recipes) on
+    ``data_root`` (default: the dataset the first one indexes last); images a part lacks are extracted
+    for it first. Selection of such a combination belongs on the valid split, like any other recipe."""
     from featlab.extract import concat_results, embed
 
     if len(caches) < 2:
         raise FeatlabError("features: name at least two feature caches to concatenate")
     first = caches[0]
-    manifest = first.index().assign(label_name="", bytes=0)
-    root = first.meta.get("data_root", "")
+    index_name, root = first.dataset_index(data_root)
+    manifest = first.index(index_name).assign(label_name="", bytes=0)
     parts = [embed(manifest, c.meta["config"], c.meta.get("weights_info", {}), features_dir, device, progress=progress)
              for c in caches]
     return concat_results(parts, features_dir, write_index=True, data_root=root).cache
@@ -107,6 +107,7 @@ def fit_from_cache(
     device: str = "auto",
     max_memory: int | None = None,
     stream: bool = False,
+    data_root: str | os.PathLike | None = None,
     **options,
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
@@ -116,8 +117,14 @@ def fit_from_cache(
     one augmented copy of every training image (:func:`augmented_embeddings`); selection stays on
     the clean valid split. ``max_memory`` (bytes) caps the process: when the embeddings would not
     fit under it, or with ``stream``, the fit runs out of core (:mod:`featlab.streaming`).
+    ``data_root`` picks the dataset when the cache holds several (default: the one extracted last).
     """
-    index = cache.index()
+    index_name, root = cache.dataset_index(data_root)
+    index = cache.index(index_name)
+    others = [name for name in cache.datasets() if name != dataset_tag(root)] if root else []
+    trained_on = [f"training on {root or 'the dataset extracted last'}"
+                  + (f" (the dataset extracted last; this cache also holds {len(others)} other dataset(s): "
+                     "pick one with --data)" if others and data_root is None else "")]
     splits = set(index.split)
     train_rows = index[(index.split == "train") & (index.status == "ok")].reset_index(drop=True)
     if train_rows.empty:
@@ -131,14 +138,15 @@ def fit_from_cache(
         n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), int(((index.split == "valid") & (
             index.status == "ok")).sum())
     else:
-        X_train, y_train, train_index = cache.load_split("train")
-        X_valid, y_valid = (cache.load_split("valid")[:2]) if "valid" in splits else (None, None)
+        X_train, y_train, train_index = cache.load_split("train", index_name)
+        X_valid, y_valid = (cache.load_split("valid", index_name)[:2]) if "valid" in splits else (None, None)
         n_clean = len(X_train)
         if augment:
             X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
             X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
         result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **options)
         n_train_total, n_valid = len(X_train), int(0 if X_valid is None else len(X_valid))
+    result.notes[:0] = trained_on
     config = cache.meta["config"]
     name = name or f"svm-{config['backbone']}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(models_dir) / name
@@ -151,7 +159,7 @@ def fit_from_cache(
         "extraction": config,
         "backbone": config["backbone"],
         "weights_info": cache.meta.get("weights_info", {}),
-        "data_root": cache.meta.get("data_root", ""),
+        "data_root": root,
         "class_mapping": LABELS,
         "options": {**options, "augment": augment},
         "best_params": result.best_params,

@@ -217,14 +217,10 @@ def fit_oneclass_from_cache(cache, models_dir: str | os.PathLike, method: str = 
     ``data_root`` picks which dataset's index of the cache to read (a cache shared by several
     datasets keeps one index each); by default the dataset the cache was last extracted for.
     """
-    from featlab.cache import dataset_tag
     from featlab.modelfile import save_model_folder
     from featlab.svm import ARTIFACT, _dumps
 
-    root = str(Path(data_root).resolve()) if data_root else cache.meta.get("data_root", "")
-    index_name = dataset_tag(root) if data_root else None
-    if index_name and not (cache.folder / "indexes" / f"{index_name}.csv").is_file():
-        raise FeatlabError(f"{cache.folder.name} holds no features of {root}; run featlab extract --data {root}")
+    index_name, root = cache.dataset_index(data_root)
     X, y, _ = cache.load_split("train", index_name=index_name)
     X_real = X[y == LABELS["real"]]
     if len(X_real) < 10:

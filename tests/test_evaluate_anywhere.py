@@ -169,3 +169,26 @@ def test_augmentation_draws_are_per_image_and_deterministic():
     assert all(np.array_equal(a, b) for a, b in zip(once, twice))
     changed = sum(not np.array_equal(a, np.asarray(im)) for a, im in zip(once, images))
     assert 3 <= changed <= 12, "each image draws its own augmentation (about 3 in 4 are changed)"
+
+
+def test_fit_svm_trains_on_the_dataset_it_is_told(synth_root, tmp_path):
+    """A cache holding two datasets: fit-svm says which one it trains on, and --data picks it."""
+    from data_prep.synth import make_synthetic_dataset
+
+    from .conftest import R18
+
+    other = make_synthetic_dataset(tmp_path / "other", {"train": 10, "valid": 4, "test": 4}, size=64, seed=3)
+    work = tmp_path / "work"
+    ok("extract", "--data", synth_root, *R18, "--layers", "pool", "--workdir", work)
+    ok("extract", "--data", other, *R18, "--layers", "pool", "--workdir", work)
+    latest = ok("fit-svm", "--pca", "4", "--C", "1", "--workdir", work, "--name", "latest-data").output
+    assert f"note: training on {other.resolve()} (the dataset extracted last" in latest and "--data" in latest
+    picked = ok("fit-svm", "--pca", "4", "--C", "1", "--data", synth_root, "--workdir", work, "--name", "picked")
+    assert f"note: training on {synth_root.resolve()}\n" in picked.output
+    metas = {name: json.loads((work / "models" / name / "meta.json").read_text()) for name in ("latest-data", "picked")}
+    assert metas["picked"]["data_root"] == str(synth_root.resolve()) and metas["picked"]["n_train"] == 32
+    assert metas["latest-data"]["data_root"] == str(other.resolve()) and metas["latest-data"]["n_train"] == 20
+    report = json.loads((work / "reports" / "picked-test.json").read_text())
+    assert report["data"]["n_images"] == 12  # the picked dataset's test split, not the other's 8
+    fails_cleanly(runner.invoke(app, ["fit-svm", "--pca", "4", "--data", str(tmp_path / "never-extracted"),
+                                      "--workdir", str(work)]), "holds no features of")
