@@ -329,12 +329,14 @@ def _read_rows(array_file: Path, targets: list[int], rows: list[int], n: int, ou
         if out is None:
             out = np.empty((n, shape[1]), dtype=np.float32)
         row_bytes = shape[1] * 4
-        for target, row in zip(targets, rows):
+        def read_into(buffer: memoryview, offset: int) -> int:
             if hasattr(os, "preadv"):
-                got = os.preadv(handle.fileno(), [memoryview(out[target])], start + row * row_bytes)
-            else:  # Windows
-                handle.seek(start + row * row_bytes)
-                got = handle.readinto(memoryview(out[target]))
+                return os.preadv(handle.fileno(), [buffer], offset)
+            handle.seek(offset)  # Windows: no preadv
+            return handle.readinto(buffer)
+
+        for target, row in zip(targets, rows):
+            got = read_into(memoryview(out[target]), start + row * row_bytes)
             if got != row_bytes:
                 raise FeatlabError(f"shard {array_file.name} is shorter than its keys file; delete it and re-extract")
     return out

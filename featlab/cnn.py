@@ -521,12 +521,14 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
 
 
 def score_model_folder(model_folder, paths: list[str], batch_size: int = 32, device: str = "auto",
-                       ray: str | None = None) -> tuple[np.ndarray, list[str], dict]:
-    """(score per path, NaN where undecodable; reason per path; the folder's meta) of a CNN or
-    autoencoder folder, in fp32, here or on Ray Data (``ray``: see :mod:`featlab.distributed`)."""
+                       ray: str | None = None) -> tuple[np.ndarray, list[str], dict, float]:
+    """(score per path, NaN where undecodable; reason per path; the folder's meta; seconds spent
+    scoring, loading excluded) of a CNN or autoencoder folder, in fp32, here or on Ray Data
+    (``ray``: see :mod:`featlab.distributed`)."""
     from featlab.autoencoder import load_pixel_model  # an autoencoder folder scores the same way
 
     model, prep, meta, torch_device = load_pixel_model(model_folder, device)  # verified here before any Ray work
+    started = time.perf_counter()
     if ray is None:
         scores, reasons = score_images(model, prep, paths, batch_size, torch_device, "fp32")
     else:
@@ -534,12 +536,12 @@ def score_model_folder(model_folder, paths: list[str], batch_size: int = 32, dev
 
         scores, reasons = score_with_ray(paths, load_pixel_model, str(Path(model_folder).resolve()), prep, ray,
                                          batch_size, want_cuda=torch_device.type == "cuda")
-    return scores, reasons, meta
+    return scores, reasons, meta, time.perf_counter() - started
 
 
 def predict_cnn(model_folder, manifest: pd.DataFrame, batch_size: int = 32, device: str = "auto",
                 ray: str | None = None) -> pd.DataFrame:
-    scores, reasons, meta = score_model_folder(model_folder, list(manifest.path), batch_size, device, ray)
+    scores, reasons, meta, _ = score_model_folder(model_folder, list(manifest.path), batch_size, device, ray)
     out = manifest[["path"]].copy()
     out["score"] = scores
     out["score_kind"] = ["" if r else ("logit" if meta["kind"] == "cnn" else "anomaly") for r in reasons]

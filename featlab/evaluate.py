@@ -141,9 +141,7 @@ def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = Tru
     rows = manifest[(manifest.split == split) & (manifest.status == "ok")]
     if rows.empty:
         raise FeatlabError(f"{root}: split {split!r} holds no images")
-    start = time.perf_counter()
-    scores, reasons, meta = score_model_folder(model_folder, list(rows.path), 32, device, ray)
-    seconds = time.perf_counter() - start
+    scores, reasons, meta, seconds = score_model_folder(model_folder, list(rows.path), 32, device, ray)
     ok = ~np.isnan(scores)
     y = rows.label.to_numpy()[ok]
     metrics = binary_metrics(y, scores[ok], 0.0)

@@ -2,11 +2,12 @@
 
 ``StandardScaler`` -> ``PCA`` (both from one pass of float64 sums and ``X^T X``: the exact PCA of the
 standardised data) -> ``Nystroem`` (RBF map fitted on a seeded
-sample) -> ``SGDClassifier`` (hinge loss: a linear SVM in the Nystroem space, ``alpha = 1 / (C n)``),
+sample) -> ``SGDClassifier`` (averaged, hinge loss: a linear SVM in the Nystroem space, ``alpha = 1 / (C n)``),
 each step fed chunk by chunk from the cache's shards (rows read with ``pread``, never memory-mapped).
 ``max_memory`` is a ceiling on the whole process: chunks are sized from what is left once the memory
-the process already holds (libraries, the index) and the fixed d x d matrices are counted. All candidate
-C values are trained in the same passes (each chunk is transformed once) and the one with the best balanced accuracy on the valid split is kept.
+the process already holds (libraries, the index) and the fixed d x d matrices are counted. All
+candidate C values are trained in the same passes (each chunk is transformed once) and the one with
+the best balanced accuracy on the valid split is kept.
 The result is an ordinary scikit-learn ``Pipeline`` that every featlab command reads.
 """
 
@@ -191,7 +192,7 @@ def fit_streaming(
     del reduced_sample
     notes = [f"streaming fit: {len(_chunks(n, rows))} chunks of up to {rows} rows (max memory {_size(max_memory)}, "
              f"{_size(footprint)} already in use); PCA {pca} (exact, from X^T X), Nystroem {kmap.n_components}, "
-             f"SGD hinge, {epochs} epochs"]
+             f"averaged SGD hinge, {epochs} epochs"]
 
     def features(read, idx):
         # transform in sub-blocks straight into the result: the float64 temporaries stay one block big
