@@ -167,7 +167,6 @@ class EmbeddingCache:
         if embeddings.ndim != 2 or len(hashes) != len(embeddings):
             raise ValueError(f"need one row per hash, got {embeddings.shape} for {len(hashes)} hashes")
         with self.writer_lock():
-            self._scan()
             self.refresh()
             seen: set[str] = set()
             keep = [i for i, h in enumerate(hashes) if h not in self._locations and not (h in seen or seen.add(h))]
@@ -216,10 +215,6 @@ class EmbeddingCache:
                 out = np.empty((len(hashes), block.shape[1]), dtype=np.float32)
             out[targets] = block
         return out
-
-    def release(self) -> None:
-        """Close the memory-mapped shards (their pages stop counting in this process's memory)."""
-        self._arrays = {}
 
     # ---------------------------------------------------------------- failures
     def record_failures(self, failures: list[dict]) -> None:
@@ -317,6 +312,9 @@ def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -
     return caches[0]
 
 
+_HAS_PREADV = hasattr(os, "preadv")
+
+
 def _read_rows(array_file: Path, targets: list[int], rows: list[int], n: int, out: np.ndarray | None) -> np.ndarray:
     """``out[targets[i]] = shard[rows[i]]`` read with ``pread`` (no memory map); ``out`` made on first use."""
     with open(array_file, "rb", buffering=0) as handle:
@@ -329,14 +327,13 @@ def _read_rows(array_file: Path, targets: list[int], rows: list[int], n: int, ou
         if out is None:
             out = np.empty((n, shape[1]), dtype=np.float32)
         row_bytes = shape[1] * 4
-        def read_into(buffer: memoryview, offset: int) -> int:
-            if hasattr(os, "preadv"):
-                return os.preadv(handle.fileno(), [buffer], offset)
-            handle.seek(offset)  # Windows: no preadv
-            return handle.readinto(buffer)
-
         for target, row in zip(targets, rows):
-            got = read_into(memoryview(out[target]), start + row * row_bytes)
+            buffer, offset = memoryview(out[target]), start + row * row_bytes
+            if _HAS_PREADV:
+                got = os.preadv(handle.fileno(), [buffer], offset)
+            else:  # Windows
+                handle.seek(offset)
+                got = handle.readinto(buffer)
             if got != row_bytes:
                 raise FeatlabError(f"shard {array_file.name} is shorter than its keys file; delete it and re-extract")
     return out

@@ -42,7 +42,6 @@ TRUSTED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
     "sklearn.covariance._elliptic_envelope.EllipticEnvelope",
     # streaming fit (featlab.streaming)
-    "sklearn.decomposition._incremental_pca.IncrementalPCA",
     "sklearn.linear_model._stochastic_gradient.SGDClassifier",
     "sklearn.linear_model._sgd_fast.Hinge",
 })
@@ -134,9 +133,9 @@ def fit_from_cache(
         if augment:
             raise FeatlabError("--augment is not available with a streaming fit (--stream, or the embeddings "
                                "exceed --max-memory)")
-        result = _fit_streaming(cache, index, train_rows, dim, max_memory or 2 * 2**30, seed, options)
-        n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), int(((index.split == "valid") & (
-            index.status == "ok")).sum())
+        valid_rows = index[(index.split == "valid") & (index.status == "ok")].reset_index(drop=True)
+        result = _fit_streaming(cache, train_rows, valid_rows, dim, max_memory or 2 * 2**30, seed, options)
+        n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), len(valid_rows)
     else:
         X_train, y_train, train_index = cache.load_split("train", index_name)
         X_valid, y_valid = (cache.load_split("valid", index_name)[:2]) if "valid" in splits else (None, None)
@@ -181,11 +180,11 @@ def fit_from_cache(
     return folder, result
 
 
-def _fit_streaming(cache: EmbeddingCache, index, train_rows, dim: int, max_memory: int, seed: int, options: dict):
+def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_memory: int, seed: int,
+                   options: dict):
     """The out-of-core path of :func:`fit_from_cache` (:mod:`featlab.streaming`): rows read from the shards."""
     from featlab.streaming import fit_streaming
 
-    valid_rows = index[(index.split == "valid") & (index.status == "ok")].reset_index(drop=True)
     train_hashes, valid_hashes = train_rows.sha256.to_numpy(), valid_rows.sha256.to_numpy()
     pca = options.get("pca", 256)
     if not isinstance(pca, int):
@@ -194,7 +193,7 @@ def _fit_streaming(cache: EmbeddingCache, index, train_rows, dim: int, max_memor
     def read(hashes):
         return lambda idx: cache.get(list(hashes[idx]), scattered=True)
 
-    len(cache)  # read the shard keys now, so the footprint the fit measures includes them
+    cache.refresh()  # read the shard keys now, so the footprint the fit measures includes them
 
     return fit_streaming(
         read(train_hashes), train_rows.label.to_numpy(), dim, read(valid_hashes) if len(valid_rows) else None,
