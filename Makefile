@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser test bench bench-quality bench-explain bench-unsupervised bench-attack docs lint clean
+.PHONY: setup browser test demo bench bench-quality bench-explain bench-unsupervised bench-attack docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ browser:
 
 test:
 	$(PY) -m pytest -q
+
+# The main job on the real sample the repo ships, in one command: extract -> fit-svm -> train-cnn -> compare.
+demo:
+	$(VENV)/bin/featlab benchmark --data data_prep/sample-faces --epochs 4 --workdir featlab-work --no-progress
 
 bench:
 	$(PY) tests/benchmarks/run_all.py

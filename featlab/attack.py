@@ -80,6 +80,13 @@ class AttackSettings:
     seed: int = 0
     batch_size: int = 16
 
+    def describe(self, eps: float | None = None) -> str:
+        """The attack in words, for every result line: ``PGD L-inf eps 4/255, 10 steps, 1 restart, fakes only``."""
+        budget = f" eps {eps_levels(eps)}/255" if eps is not None else ""
+        steps = f", {self.steps} steps, {self.restarts} restart{'s' if self.restarts != 1 else ''}" \
+            if self.attack == "pgd" else ""
+        return f"{self.attack.upper()} L-inf{budget}{steps}, {'reals and fakes' if self.attack_reals else 'fakes only'}"
+
 
 def subset(manifest: pd.DataFrame, n_images: int, seed: int) -> pd.DataFrame:
     """A seeded subset with half reals and half fakes (or all, when fewer)."""
@@ -143,7 +150,7 @@ def run_attack(
                                 "eps": eps, "eps_levels": eps_levels(eps), "stage": stage, "seconds": seconds,
                                 "linf_levels": int((adv.int() - x.int()).abs().max()),
                                 **_metrics(labels, scores, clean[detector.name], detector.threshold)})
-            progress(f"{detector.name} eps {eps_levels(eps)}/255: ROC-AUC {records[-3]['roc_auc']:.3f}, success "
+            progress(f"{detector.name} {settings.describe(eps)}: ROC-AUC {records[-3]['roc_auc']:.3f}, success "
                      f"{records[-3]['success_rate']:.2f} ({seconds:.1f} s)")
         fakes = np.flatnonzero(labels == 1)[:3]
         examples[detector.name] = (x[fakes], adversarials[(detector.name, max(settings.eps))][fakes])
@@ -154,7 +161,8 @@ def run_attack(
                 continue
             if source.prep.crop != other.prep.crop or images[source.name].shape != images[other.name].shape or \
                     not torch.equal(images[source.name], images[other.name]):
-                progress(f"transfer {source.name} -> {other.name}: skipped (different input views)")
+                progress(f"transfer {source.name} -> {other.name} ({settings.describe()}): skipped (different "
+                         "input views)")
                 continue
             for eps in settings.eps:
                 scores = _score(other, adversarials[(source.name, eps)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from featlab import LABELS, __version__
 from featlab.data import scan_dataset
 from featlab.errors import FeatlabError
 from featlab.fileio import atomic_write, atomic_write_text
-from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
+from featlab.modelfile import check_sealed, load_tensor_file, save_model_folder, update_model_meta, verified_artifact
 from featlab.runtime import ImageTensors, collate_images, resolve_device
 from featlab.specs import Preprocessing
 from featlab.versions import library_versions, utc_now
@@ -124,8 +125,10 @@ def _errors(model: ConvAutoencoder, images: torch.Tensor, prep: Preprocessing, d
 
 
 def train_ae(config: AETrainConfig, data_root: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
-             progress: bool = True, stop_after: int | None = None) -> Path:
-    """Train (or resume) the autoencoder; returns the model folder. ``stop_after`` ends early (resume tests)."""
+             progress: bool = True, stop_after: int | None = None,
+             echo: Callable[[str], None] | None = print) -> Path:
+    """Train (or resume) the autoencoder; returns the model folder. ``stop_after`` ends early (resume tests);
+    ``echo`` receives one summary line per epoch (None: silent)."""
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise FeatlabError("epochs, batch size and lr must be positive")
     out = Path(out)
@@ -149,7 +152,7 @@ def train_ae(config: AETrainConfig, data_root: str | os.PathLike, out: str | os.
     if resume:
         if not state_file.exists():
             raise FeatlabError(f"nothing to resume: {state_file} does not exist")
-        state = torch.load(state_file, map_location=device, weights_only=True)
+        state = load_tensor_file(state_file, "a training checkpoint", map_location=device)
         if state["config"] != asdict(config):
             changed = [k for k, v in asdict(config).items() if state["config"].get(k) != v]
             raise FeatlabError(f"cannot resume with other settings (changed: {', '.join(changed)})")
@@ -175,9 +178,9 @@ def train_ae(config: AETrainConfig, data_root: str | os.PathLike, out: str | os.
         train_seconds += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_loss": valid_loss,
                         "seconds": time.perf_counter() - started})
-        if progress:
-            print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.5f}, valid loss {valid_loss:.5f} "
-                  f"({history[-1]['seconds']:.1f} s)", flush=True)
+        if echo is not None:
+            echo(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.5f}, valid loss {valid_loss:.5f} "
+                  f"({history[-1]['seconds']:.1f} s)")
         if valid_loss < best_loss:
             best_loss = valid_loss
             threshold = float(np.quantile(_errors(model, train_images, prep, device), THRESHOLD_QUANTILE))
@@ -230,7 +233,9 @@ def load_ae(folder: str | os.PathLike, device: str = "auto") -> tuple[ConvAutoen
     artifact, meta = verified_artifact(folder)
     if meta.get("kind") != "ae":
         raise FeatlabError(f"{folder} is not an autoencoder model folder")
-    payload = torch.load(artifact, map_location="cpu", weights_only=True)
+    payload = load_tensor_file(artifact, "an autoencoder checkpoint")
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise FeatlabError(f"{artifact} is not a featlab autoencoder checkpoint")
     check_sealed(folder, meta, payload.get("featlab_meta"))
     model = ConvAutoencoder(meta["config"]["image_size"], meta["config"]["latent_dim"])
     model.load_state_dict(payload["state_dict"], strict=True)

@@ -126,10 +126,9 @@ def resolve_auto(name: str) -> tuple[str, str]:
 
 
 def _read_state_dict(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise FeatlabError(f"cannot read {path} as a torch state_dict: {str(error).splitlines()[0]}") from None
+    from featlab.modelfile import load_tensor_file
+
+    payload = load_tensor_file(path, "a torch state_dict")
     if isinstance(payload, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in payload and isinstance(payload[key], dict):
@@ -151,7 +150,8 @@ def _load_weights(spec: BackboneSpec, model: nn.Module, weights: str) -> dict:
             raise FeatlabError(
                 f"pretrained weights for {spec.name} ({spec.weights}) are not on disk at {cached} and could not be "
                 f"downloaded ({type(error).__name__}); put the file there, pass --weights PATH, or use "
-                f"backbone {OFFLINE_DEFAULT} (ships with featlab's dependencies)"
+                f"{OFFLINE_DEFAULT} (--backbone / --arch {OFFLINE_DEFAULT}, or auto: it ships with featlab's "
+                "dependencies and needs no network)"
             ) from None
         model.load_state_dict(state, strict=True)
         return {

@@ -83,10 +83,8 @@ def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tu
     meta_path = folder / "meta.json"
     if meta_path.is_file() and read_json(meta_path).get("benchmark") == wanted:
         return folder, True
-    if folder.exists():
-        shutil.rmtree(folder)
     folder, _ = fit_from_cache(cache, ws.models, name=name, seed=settings.seed, n_jobs=settings.jobs,
-                               pca=settings.pca, C=settings.C, gamma=settings.gamma)
+                               pca=settings.pca, C=settings.C, gamma=settings.gamma, force=True)
     update_model_meta(folder, benchmark=wanted)
     return folder, False
 

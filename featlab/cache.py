@@ -6,7 +6,9 @@ precision, engine)::
     features/<backbone>-<key12>/
         meta.json                 the key's config, versions, dates
         shards/<id>.npy           float32 (n, dim) embeddings, memory-mappable
+        shards/<id>.json          what the commit recorded: rows, dim, the array file's size
         shards/<id>.keys          the n content hashes (sha256), one per line: the commit marker
+        shards/damaged/           shards that failed the open-time check (their images are re-extracted)
         failures.jsonl            images that could not be decoded: {"sha256", "path", "reason"}
         index.csv                 the dataset of the last extraction: path, split, label, sha256, status, reason
 
@@ -15,6 +17,11 @@ edited files are recomputed, and two keys never mix (different folders). A shard
 only once its ``.keys`` file exists; both files are written with temp file + rename, the
 array first, so a process killed at any moment leaves either a complete shard or an
 ignorable orphan ``.npy`` that the next run removes and recomputes.
+
+The cache does not trust itself: when a shard is first read, its key count must equal its array's
+row count and the array's size must match its header and what the commit recorded. A shard that
+fails (truncated, a lost key line, a swapped file) is moved to ``shards/damaged/`` with one warning
+line, and its images count as not cached, so the next ``featlab extract`` recomputes them.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ class EmbeddingCache:
         cache = cls(Path(root) / f"{name}-{key[:12]}")
         meta_path = cache.folder / "meta.json"
         if meta_path.exists():
-            meta = read_json(meta_path)
+            meta = cache.meta
             if meta.get("key") != key:
                 raise FeatlabError(f"{cache.folder}: meta.json belongs to another extraction key; remove the folder")
         else:
@@ -82,7 +89,15 @@ class EmbeddingCache:
         path = self.folder / "meta.json"
         if not path.exists():
             raise FeatlabError(f"{self.folder} is not a featlab embedding cache (no meta.json)")
-        return read_json(path)
+        try:
+            meta = read_json(path)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise FeatlabError(f"{path} is not readable JSON ({type(error).__name__}); remove the folder "
+                               f"{self.folder.name} and run featlab extract again") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("key"), str) or not isinstance(meta.get("config"), dict):
+            raise FeatlabError(f"{path} is not a featlab cache record (no key/config); remove the folder "
+                               f"{self.folder.name} and run featlab extract again")
+        return meta
 
     def update_meta(self, **fields) -> None:
         atomic_write_json(self.folder / "meta.json", {**self.meta, **fields})
@@ -95,10 +110,10 @@ class EmbeddingCache:
         shards = self.folder / "shards"
         for tmp in shards.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        for array in shards.glob("*.npy"):
-            if not array.with_suffix(".keys").exists():
-                log.info("removing uncommitted shard %s", array.name)
-                array.unlink(missing_ok=True)
+        for part in [*shards.glob("*.npy"), *shards.glob("*.json")]:
+            if not part.with_suffix(".keys").exists():
+                log.info("removing uncommitted shard %s", part.name)
+                part.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def writer_lock(self):
@@ -144,12 +159,30 @@ class EmbeddingCache:
                 continue
             hashes = keys_file.read_text().split()
             array_file = keys_file.with_suffix(".npy")
-            if not array_file.exists():
-                log.warning("shard %s has keys but no array; ignored", keys_file.name)
+            problem = _shard_problem(array_file, hashes)
+            if problem:
+                self._quarantine(keys_file, problem, len(hashes))
                 continue
             self._seen_keys.add(keys_file)
             for row, digest in enumerate(hashes):
                 self._locations.setdefault(digest, (array_file, row))
+
+    def _quarantine(self, keys_file: Path, problem: str, n: int) -> None:
+        """Move a damaged shard out of the way (when the folder is writable) and say so once."""
+        self._seen_keys.add(keys_file)
+        damaged = keys_file.parent / "damaged"
+        moved = False
+        try:
+            damaged.mkdir(exist_ok=True)
+            for part in (keys_file, keys_file.with_suffix(".npy"), keys_file.with_suffix(".json")):
+                if part.exists():
+                    os.replace(part, damaged / part.name)
+            moved = True
+        except OSError:
+            pass
+        where = f"moved to {damaged}" if moved else "ignored (the folder is read-only)"
+        log.warning("cache: shard %s is damaged (%s); %s, its %d image(s) will be re-extracted by featlab extract",
+                    keys_file.stem, problem, where, n)
 
     def __contains__(self, digest: str) -> bool:
         return digest in self._scan()
@@ -177,6 +210,8 @@ class EmbeddingCache:
             shards = self.folder / "shards"
             array_file = shards / f"{stem}.npy"
             atomic_write(array_file, lambda handle: np.save(handle, embeddings))
+            atomic_write_json(shards / f"{stem}.json", {"rows": len(hashes), "dim": int(embeddings.shape[1]),
+                                                        "bytes": array_file.stat().st_size})
             atomic_write_text(shards / f"{stem}.keys", "\n".join(hashes) + "\n")
             self._seen_keys.add(shards / f"{stem}.keys")
             for row, digest in enumerate(hashes):
@@ -310,6 +345,37 @@ def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -
         if len(names) > 1:
             raise FeatlabError(f"features of several backbones in {features_dir} ({', '.join(names)}); name the backbone")
     return caches[0]
+
+
+def _shard_problem(array_file: Path, hashes: list[str]) -> str:
+    """Why a committed shard cannot be trusted, or "" (reads the array's header and size, not its data)."""
+    try:
+        size = array_file.stat().st_size
+        with open(array_file, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(handle)
+            header = handle.tell()
+    except FileNotFoundError:
+        return "its array file is missing"
+    except (OSError, ValueError) as error:
+        return f"its array file is unreadable: {error}"
+    if fortran_order or dtype != np.float32 or len(shape) != 2:
+        return f"its array is {dtype} {shape}, not a float32 matrix"
+    if shape[0] != len(hashes):
+        return f"{len(hashes)} keys for {shape[0]} rows"
+    expected = header + shape[0] * shape[1] * 4
+    if size != expected:
+        return f"its array file has {size} bytes, its header says {expected}"
+    record_file = array_file.with_suffix(".json")
+    if record_file.exists():  # shards committed before featlab 0.3 have none
+        try:
+            record = read_json(record_file)
+        except (OSError, ValueError):
+            return "its commit record is unreadable"
+        if record != {"rows": shape[0], "dim": shape[1], "bytes": size}:
+            return f"it does not match its commit record ({record})"
+    return ""
 
 
 _HAS_PREADV = hasattr(os, "preadv")

@@ -29,6 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from featlab.checks import parse_grid, parse_pca  # noqa: F401 - re-exported (part of this module's API)
 from featlab.errors import FeatlabError
 
 SOLVERS = ("svc", "linear", "nystroem")
@@ -36,43 +37,6 @@ SOLVERS = ("svc", "linear", "nystroem")
 # but whose decision boundary labels everything one class.
 SELECTION_METRIC = "balanced_accuracy"
 KERNELS = ("rbf", "linear")
-
-
-def parse_pca(value: str | int | float | None) -> int | float | None:
-    """``"256"`` -> 256 components, ``"0.95"`` -> keep 95 % of the variance, ``"0"`` -> no PCA."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise FeatlabError(f"pca takes a whole number of components, a variance fraction or 0, got {value!r}") from None
-    if number == 0:
-        return None
-    if 0 < number < 1:
-        return number
-    if number >= 1 and number.is_integer():
-        return int(number)
-    raise FeatlabError(f"pca takes a whole number of components, a variance fraction in (0, 1) or 0, got {value!r}")
-
-
-def parse_grid(value: str | float | None, name: str, allow_words: tuple[str, ...] = ()) -> list:
-    """``"1"`` -> [1.0]; ``"0.1,1,10"`` -> [0.1, 1.0, 10.0]; words such as ``scale`` pass through."""
-    if value is None:
-        return []
-    items = []
-    for part in str(value).split(","):
-        part = part.strip()
-        if part in allow_words:
-            items.append(part)
-            continue
-        try:
-            number = float(part)
-        except ValueError:
-            raise FeatlabError(f"{name}: {part!r} is not a number") from None
-        if number <= 0:
-            raise FeatlabError(f"{name} values must be positive, got {part}")
-        items.append(number)
-    return items
 
 
 def fit_pca_size(pca: int | float | None, n_samples: int, n_features: int) -> tuple[int | float | None, str]:

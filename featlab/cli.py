@@ -6,20 +6,44 @@ exit 2 (typer/click); tracebacks are only shown with ``--log-level debug``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from featlab import __version__
+from featlab.checks import check_device, check_precision, check_ray, existing_dir, existing_path
 from featlab.errors import FeatlabError
 from featlab.workspace import WORKDIR_ENV, Workspace
 
 log = logging.getLogger("featlab")
 
+
+def _bare_ray_means_local(args: list[str]) -> list[str]:
+    """``--ray`` with no value means a local cluster: the next word is its value only when it is one
+    (local, auto or HOST:PORT), so ``--ray --workdir W`` and a trailing ``--ray`` both work."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--ray":
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is None or not (following in ("local", "auto") or ":" in following):
+                out.append("local")
+    return out
+
+
+class _Group(TyperGroup):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _bare_ray_means_local(list(args)))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="featlab",
     help="Tell real face photos from DeepFake / GAN-made / edited ones: frozen CNN features + SVM, "
     "compared with fine-tuned CNN baselines.",
@@ -30,8 +54,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Dataset tools: assemble, check and generate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-RayOption = typer.Option(None, "--ray", help="Run on Ray Data: 'local' (a local cluster), 'auto' (the running "
-                         "cluster) or a cluster address; needs pip install 'featlab[ray]'.")
+RayOption = typer.Option(None, "--ray", help="Run on Ray Data: 'local' (a local cluster; also a bare --ray), 'auto' "
+                         "(the running cluster) or a cluster address HOST:PORT; needs pip install 'featlab\\[ray]'.")
 WorkdirOption = typer.Option(
     None,
     "--workdir",
@@ -52,13 +76,30 @@ def _friendly(command):
                 log.exception("failed")
             typer.echo(f"featlab: error: {error}", err=True)
             raise typer.Exit(1) from None
+        except OSError as error:  # disk full, read-only folder, permissions: say which file and why
+            if log.isEnabledFor(logging.DEBUG):
+                log.exception("failed")
+            where = f": {error.filename}" if error.filename else ""
+            hint = {errno.ENOSPC: "; free some space and run the same command again: everything already "
+                                  "committed is kept", errno.EROFS: "; choose a writable --workdir / --out",
+                    errno.EACCES: "; check the permissions"}.get(error.errno, "")
+            typer.echo(f"featlab: error: {error.strerror or error}{where}{hint}", err=True)
+            raise typer.Exit(1) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise  # usage errors (exit 2) and deliberate exits
         except KeyboardInterrupt:
             typer.echo(
-                "featlab: interrupted. Everything already committed is kept: extracted embeddings (saved shard by "
+                "\nfeatlab: interrupted. Everything already committed is kept: extracted embeddings (saved shard by "
                 "shard), finished models, and the last completed training epoch; run the same command again to "
                 "resume (train-cnn: add --resume).", err=True,
             )
             raise typer.Exit(130) from None
+        except Exception as error:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+            log.debug("internal error", exc_info=True)
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            typer.echo(f"featlab: error: internal error ({type(error).__name__}: {first}); rerun with "
+                       "--log-level debug for the traceback and report it", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -90,6 +131,7 @@ def data_check(
     out: Path | None = typer.Option(None, "--out", help="Write the manifest CSV here."),
 ) -> None:
     """Decode every image, print counts per split x class and list quarantined files."""
+    existing_dir(root)
     from featlab.data import scan_dataset, summarize
 
     manifest = scan_dataset(root, check_images=True)
@@ -181,12 +223,14 @@ def extract(
 
     Re-running computes only images whose content is not cached yet; a killed run resumes.
     """
+    existing_dir(data)
+    check_device(device), check_precision(precision), check_ray(ray)
+    ws = _workspace(workdir)
     from featlab.backbones import get_spec, resolve_auto
     from featlab.extract import extract_dataset
     from featlab.hashmemo import HASH_MEMO
     from featlab.recipe import parse_recipe
 
-    ws = _workspace(workdir)
     name, reason = resolve_auto(backbone)
     if reason:
         typer.echo(f"backbone: {name} ({reason})")
@@ -260,11 +304,17 @@ def fit_svm_command(
                                  "features/, comma-separated, as 'featlab extract' prints them): other backbones, "
                                  "layers or recipes side by side, on the dataset the first one indexes."),
     name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model folder --name (and its reports)."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Fit StandardScaler -> PCA -> SVM on the cached train split, tune on valid, report on test."""
+    from featlab.checks import parse_grid, parse_pca
+
+    c_grid, gamma_grid = parse_grid(c, "C"), parse_grid(gamma, "gamma", allow_words=("scale", "auto"))
+    pca_size = parse_pca(pca)
+    if class_weight not in (None, "balanced"):
+        raise typer.BadParameter("only 'balanced' is supported", param_hint="--class-weight")
     from featlab.cache import select_cache
-    from featlab.classical import parse_grid, parse_pca
     from featlab.evaluate import evaluate_model
     from featlab.report import print_metrics
     from featlab.streaming import parse_memory
@@ -282,21 +332,19 @@ def fit_svm_command(
         cache = concat_caches([EmbeddingCache(f) for f in folders], ws.features, data_root=data)
     else:
         cache = select_cache(ws.features, backbone)
-    if class_weight not in (None, "balanced"):
-        raise typer.BadParameter("only 'balanced' is supported", param_hint="--class-weight")
     folder, result = fit_from_cache(
-        cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=parse_pca(pca), kernel=kernel,
-        C=parse_grid(c, "C"), gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")),
+        cache, ws.models, name=name, seed=seed, n_jobs=jobs, pca=pca_size, kernel=kernel, C=c_grid, gamma=gamma_grid,
         class_weight=class_weight, probability=probability, solver=solver, augment=augment,
-        max_memory=parse_memory(max_memory), stream=stream, data_root=data,
+        max_memory=parse_memory(max_memory), stream=stream, data_root=data, force=force,
     )
     typer.echo(f"features: {cache.folder.name} ({cache.meta['weights_info'].get('source')})")
     for note in result.notes:
         typer.echo(f"note: {note}")
-    typer.echo(
-        f"chosen {result.best_params} by {result.selection} (balanced accuracy {result.selection_score:.4f}); "
-        f"fit {result.fit_seconds:.1f} s, search {result.search_seconds:.1f} s"
-    )
+    from featlab.page import params_in_words
+
+    typer.echo(f"chosen {params_in_words(result.best_params)} by {result.selection}"
+               + (f" (balanced accuracy {result.selection_score:.4f})" if result.selection_score == result.selection_score
+                  else "") + f"; fit {result.fit_seconds:.1f} s, search {result.search_seconds:.1f} s")
     typer.echo(f"model: {folder}")
     splits = set(cache.index().split)
     for split in ("valid", "test"):
@@ -310,8 +358,9 @@ def fit_svm_command(
 @app.command("train-cnn")
 @_friendly
 def train_cnn_command(
-    arch: str = typer.Option("resnet18", "--arch", help="resnet18, resnet50, densenet121, resnet50-opennsfw "
-                             "(offline pretrained) or custom (small CNN from scratch)."),
+    arch: str = typer.Option("auto", "--arch", help="auto (resnet50 when its torchvision weights are on disk, "
+                             "else resnet50-opennsfw, as extract --backbone auto), resnet18, resnet50, densenet121, "
+                             "resnet50-opennsfw (offline pretrained) or custom (small CNN from scratch)."),
     data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
     out: Path | None = typer.Option(None, "--out", help="Model folder (default models/cnn-ARCH-TIME)."),
     weights: str = typer.Option("default", "--weights", help="Pretrained weights: default, a file, or none."),
@@ -353,6 +402,8 @@ def train_cnn_command(
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Fine-tune a CNN baseline on the same splits, then report on the test split."""
+    existing_dir(data)
+    check_device(device), check_precision(precision)
     import time as _time
 
     from featlab.cnn import Augment, TrainConfig, train_cnn
@@ -362,6 +413,11 @@ def train_cnn_command(
 
     ws = _workspace(workdir)
     from featlab.adversarial import parse_eps
+    from featlab.backbones import resolve_auto
+
+    arch, reason = resolve_auto(arch)
+    if reason:
+        typer.echo(f"arch: {arch} ({reason})")
 
     config = TrainConfig(
         arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -373,7 +429,7 @@ def train_cnn_command(
                         blur_prob=blur_prob),
     )
     folder = out or ws.models / f"cnn-{arch}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    train_cnn(config, data, folder, resume=resume, progress=progress)
+    train_cnn(config, data, folder, resume=resume, progress=progress, echo=typer.echo)
     typer.echo(f"model: {folder}")
     if "test" in set(scan_dataset(data, check_images=False).split):
         report, path = evaluate_model(folder, ws, split="test", data_root=str(data), device=device)
@@ -393,6 +449,7 @@ def fit_oneclass_command(
     data: Path | None = typer.Option(None, "--data", help="Which extracted dataset's train reals to fit on "
                                      "(default: the dataset the cache was last extracted for)."),
     name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model folder --name (and its reports)."),
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """A one-class detector on cached embeddings, fitted on the train split's REAL faces only: fakes it has
@@ -412,7 +469,7 @@ def fit_oneclass_command(
         cache = EmbeddingCache(ws.features / features)
     else:
         cache = select_cache(ws.features, backbone)
-    folder = fit_oneclass_from_cache(cache, ws.models, method, parse_pca(pca), seed, name, data)
+    folder = fit_oneclass_from_cache(cache, ws.models, method, parse_pca(pca), seed, name, data, force=force)
     typer.echo(f"features: {cache.folder.name}; model: {folder}")
     if "test" in set(cache.index().split):
         report, path = evaluate_model(folder, ws, split="test")
@@ -448,7 +505,7 @@ def train_ae_command(
     config = AETrainConfig(image_size=image_size, latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, lr=lr,
                            real_only=real_only, seed=seed, device=device)
     folder = out or ws.models / f"ae-{'real-' if real_only else ''}{time.strftime('%Y%m%d-%H%M%S')}"
-    train_ae(config, data, folder, resume=resume, progress=progress)
+    train_ae(config, data, folder, resume=resume, progress=progress, echo=typer.echo)
     typer.echo(f"model: {folder}")
 
 
@@ -511,6 +568,9 @@ def evaluate(
     An SVM's missing embeddings are extracted into its own feature cache (shared images cost
     nothing) without touching the index of the data it was trained on.
     """
+    for root in data or []:
+        existing_dir(root)
+    check_device(device), check_ray(ray)
     from featlab.evaluate import evaluate_matrix, evaluate_model
     from featlab.modelfile import resolve_model
     from featlab.report import print_metrics
@@ -547,13 +607,20 @@ def predict(
     ray: str | None = RayOption,
     workdir: Path | None = WorkdirOption,
 ) -> None:
-    """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal."""
-    from featlab.evaluate import predict_paths
-    from featlab.modelfile import resolve_model
+    """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal.
 
-    ws = _workspace(workdir)
-    table = predict_paths(resolve_model(model, ws.models), target, ws, batch_size=batch_size, device=device,
-                          trust_pickle=trust_pickle, ray=ray)
+    Exits 1 when nothing could be classified. A CNN needs no writable work folder (an SVM caches its
+    embeddings there)."""
+    existing_path(target)
+    check_device(device), check_ray(ray)
+    from featlab.evaluate import predict_paths
+    from featlab.modelfile import read_model_meta, resolve_model
+
+    ws = _workspace(workdir, writable=False)
+    folder = resolve_model(model, ws.models)
+    if read_model_meta(folder).get("kind") in ("svm", "oneclass"):
+        ws.ensure_writable()
+    table = predict_paths(folder, target, ws, batch_size=batch_size, device=device, trust_pickle=trust_pickle, ray=ray)
     if out:
         from featlab.fileio import atomic_write_text
 
@@ -565,6 +632,8 @@ def predict(
         typer.echo(f"skipped: {row.path}: {row.reason}")
     typer.echo(f"{len(ok)} classified ({(ok.label == 'fake').sum()} fake), {len(table) - len(ok)} skipped"
                + (f"; written to {out}" if out else ""))
+    if ok.empty:
+        raise FeatlabError(f"no image in {target} could be classified ({len(table)} skipped)")
 
 
 @app.command()
@@ -588,6 +657,8 @@ def explain(
     path (its cost is printed first) or gradients through a differentiable copy of the pipeline.
     Unreadable files are listed, not fatal.
     """
+    existing_path(target)
+    check_device(device)
     from featlab.data import scan_images
     from featlab.detector import load_detector
     from featlab.explain import explain_target, forward_passes, resolve_method
@@ -595,7 +666,10 @@ def explain(
 
     ws = _workspace(workdir)
     detector = load_detector(resolve_model(model, ws.models), device=device, trust_pickle=trust_pickle)
-    paths = list(scan_images(target).path)
+    scanned = scan_images(target)
+    for row in scanned[scanned.status != "ok"].itertuples():
+        typer.echo(f"skipped: {row.path}: {row.reason}")
+    paths = list(scanned.path[scanned.status == "ok"])
     chosen = resolve_method(detector, method)
     typer.echo(f"explaining {len(paths)} image(s) with {chosen}: {forward_passes(detector, chosen, len(paths), patch, stride)}"
                f" forward passes of {detector.name}")
@@ -629,6 +703,8 @@ def attack(
 ) -> None:
     """Adversarial evaluation: ROC-AUC, accuracy and attack success rate per budget, in memory, after PNG and after
     JPEG q90; SVMs are attacked through a differentiable torch copy of the whole detector."""
+    existing_dir(data)
+    check_device(device)
     from featlab.attack import AttackSettings, parse_eps, run_attack
     from featlab.modelfile import resolve_model
 
@@ -652,7 +728,7 @@ def compare(
     """Put every model's test report side by side (markdown here, HTML with plots in --out)."""
     from featlab.report import load_reports, write_comparison
 
-    ws = _workspace(workdir)
+    ws = _workspace(workdir, writable=out is None)
     paths = list(reports or sorted(ws.reports.glob("*-test.json")))
     if not paths:
         raise FeatlabError(f"no reports given and none in {ws.reports}; run featlab fit-svm / evaluate first")
@@ -685,6 +761,8 @@ def robustness(
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Score models on perturbed copies of a split (JPEG, blur, resize, noise): tables and curves."""
+    existing_dir(data)
+    check_device(device)
     from featlab.modelfile import resolve_model
     from featlab.perturb import parse_levels
     from featlab.robustness import run_robustness
@@ -730,6 +808,8 @@ def benchmark(
     workdir: Path | None = WorkdirOption,
 ) -> None:
     """Run the whole comparison (extract -> fit-svm -> train-cnn -> evaluate -> compare) into one report folder."""
+    existing_dir(data)
+    check_precision(precision)
     from featlab.backbones import get_spec, resolve_auto
     from featlab.benchmark import BenchmarkSettings, run_benchmark
     from featlab.classical import parse_grid, parse_pca
@@ -755,6 +835,8 @@ def main() -> None:
     app()
 
 
-def _workspace(workdir: Path | None) -> Workspace:
-    """The work folder, checked writable before any long work starts."""
-    return Workspace.resolve(workdir).ensure_writable()
+def _workspace(workdir: Path | None, writable: bool = True) -> Workspace:
+    """The work folder, checked writable before any long work starts (``writable=False``: commands that only
+    read it, which then work on a read-only work folder too)."""
+    ws = Workspace.resolve(workdir)
+    return ws.ensure_writable() if writable else ws

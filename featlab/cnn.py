@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,14 @@ from featlab.data import load_rgb, scan_dataset
 from featlab.errors import FeatlabError
 from featlab.fileio import atomic_write, atomic_write_text
 from featlab.metrics import binary_metrics
-from featlab.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
+from featlab.modelfile import (
+    check_sealed,
+    load_tensor_file,
+    read_model_meta,
+    save_model_folder,
+    update_model_meta,
+    verified_artifact,
+)
 from featlab.perturb import Perturbation
 from featlab.recipe import LayerTap, parse_recipe
 from featlab.runtime import (
@@ -286,8 +294,11 @@ def score_images(
 
 
 def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
-              progress: bool = True, stop_after: int | None = None) -> Path:
+              progress: bool = True, stop_after: int | None = None,
+              echo: Callable[[str], None] | None = print) -> Path:
     """Train (or resume) a CNN baseline; returns the model folder.
+
+    ``progress`` shows a bar per epoch; ``echo`` receives one summary line per epoch (None: silent).
 
     ``stop_after`` ends the run after that many epochs of this call (used to test resume).
     """
@@ -390,9 +401,9 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
                "seconds": time.perf_counter() - started}
         history.append(row)
         log.debug("epoch %d: loss %.4f valid AUC %.4f", epoch + 1, row["train_loss"], auc)
-        if progress:
-            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid AUC {auc:.4f}, "
-                  f"acc {row['valid_accuracy'] or 0:.4f} ({row['seconds']:.1f} s)", flush=True)
+        if echo is not None:
+            echo(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid AUC {auc:.4f}, "
+                  f"acc {row['valid_accuracy'] or 0:.4f} ({row['seconds']:.1f} s)")
         if auc > best_auc:
             best_auc, bad_epochs = auc, 0
             meta = {
@@ -456,7 +467,7 @@ def validate_config(config: TrainConfig) -> None:
 def _load_training_state(state_file: Path, config: TrainConfig, device) -> dict:
     """The checkpoint of an interrupted run (tensors and plain data only), refused if made with other settings."""
     try:
-        state = torch.load(state_file, map_location=device, weights_only=True)
+        state = load_tensor_file(state_file, "a training checkpoint", map_location=device)
     except Exception as error:  # noqa: BLE001 - a torn or foreign file: one clear line
         raise FeatlabError(f"cannot resume from {state_file}: {str(error).splitlines()[0][:200]}") from None
     saved = state.get("config") if isinstance(state, dict) else None
@@ -501,10 +512,7 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module
     arch = meta["arch"]
     structure_weights = "default" if arch == "resnet50-opennsfw" else "none"
     model, _, _ = build_model(arch, structure_weights, None, head_layers=meta["config"].get("head_layers", "pool"))
-    try:
-        payload = torch.load(artifact, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - not a checkpoint (e.g. 'kind' edited): one clear line
-        raise FeatlabError(f"{artifact} is not a CNN checkpoint ({str(error).splitlines()[0][:120]})") from None
+    payload = load_tensor_file(artifact, "a CNN checkpoint")
     if isinstance(payload, dict) and "state_dict" in payload:
         check_sealed(folder, meta, payload.get("featlab_meta"))
         payload = payload["state_dict"]
@@ -541,7 +549,17 @@ def score_model_folder(model_folder, paths: list[str], batch_size: int = 32, dev
 
 def predict_cnn(model_folder, manifest: pd.DataFrame, batch_size: int = 32, device: str = "auto",
                 ray: str | None = None) -> pd.DataFrame:
-    scores, reasons, meta, _ = score_model_folder(model_folder, list(manifest.path), batch_size, device, ray)
+    usable = (manifest.status == "ok").to_numpy()
+    scores = np.full(len(manifest), np.nan)
+    reasons = list(manifest.reason.fillna("").astype(str))
+    if usable.any():  # what the scan already quarantined (non-images, FIFOs, unreadable files) is never opened
+        got, got_reasons, meta, _ = score_model_folder(model_folder, list(manifest.path[usable]), batch_size, device,
+                                                       ray)
+        scores[usable] = got
+        for position, reason in zip(np.flatnonzero(usable), got_reasons):
+            reasons[position] = reason
+    else:
+        meta = read_model_meta(model_folder)
     out = manifest[["path"]].copy()
     out["score"] = scores
     out["score_kind"] = ["" if r else ("logit" if meta["kind"] == "cnn" else "anomaly") for r in reasons]

@@ -282,19 +282,45 @@ def _remembered_rows(entries: list[tuple[Path, str, str]], memo) -> list[dict | 
 def scan_images(target: str | os.PathLike) -> pd.DataFrame:
     """Manifest of an unlabelled image file or folder (any layout), for prediction.
 
-    Labels are ``-1`` (unknown); files with non-image extensions are left out of a folder
-    scan, and an explicit single file is always included (and quarantined if unreadable later).
+    Labels are ``-1`` (unknown). In a folder, files with image extensions are scored; every other entry
+    (a ``.heic`` or ``.txt`` file, a FIFO, a socket) is listed as skipped with its reason, never read.
+    An explicit single file is always included (and quarantined if unreadable later).
     """
     target = Path(target)
     if target.is_file():
-        files = [target]
-    elif target.is_dir():
-        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise FeatlabError(f"{target}: no image files found")
-    else:
+        return files_manifest([target])
+    if not target.is_dir():
         raise FeatlabError(f"not found: {target}")
-    return files_manifest(files)
+    entries = sorted(p for p in target.rglob("*") if not p.is_dir())
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise FeatlabError(f"{target}: no image files found ({len(entries)} other entries)")
+    chosen = set(files)
+    others = [{"path": str(p.resolve()), "split": "predict", "label": -1, "label_name": "", "bytes": 0, "sha256": "",
+               "status": "quarantined", "reason": _not_an_image(p)} for p in entries if p not in chosen]
+    manifest = files_manifest(files)
+    if not others:
+        return manifest
+    return pd.concat([manifest, pd.DataFrame(others, columns=MANIFEST_COLUMNS)], ignore_index=True)
+
+
+def _not_an_image(path: Path) -> str:
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError as error:
+        return unreadable_reason(error)
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    if stat.S_ISLNK(mode):
+        return "a broken symbolic link"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    suffix = path.suffix.lower() or "no extension"
+    return f"not an image type featlab decodes ({suffix}; it reads {', '.join(sorted(IMAGE_EXTENSIONS))})"
 
 
 def files_manifest(files: list[str | os.PathLike], split: str = "predict") -> pd.DataFrame:

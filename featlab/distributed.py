@@ -22,6 +22,9 @@ only on the driver's disk, as the driver alone writes it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from pathlib import Path
 
 import numpy as np
 
@@ -95,12 +98,60 @@ class _Embed:
         return {"i": batch["i"], "embedding": out, "reason": batch["reason"]}
 
 
+def running_cluster_address() -> str | None:
+    """The address ``auto`` means: ``$RAY_ADDRESS``, else the one ``ray start`` recorded on this machine."""
+    import tempfile
+
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    recorded = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        return recorded.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _connect(address: str):
-    """Ray, connected: ``local`` starts a local cluster, ``auto`` joins the running one, else an address."""
+    """Ray, connected: ``local`` starts a local cluster, ``auto`` joins the running one, else an address.
+
+    A cluster bound to a loopback address is joined from that address too (Ray would otherwise register
+    the driver under the machine's interface address, which such a head node cannot reach).
+    """
     ray = _ray()
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    if ray.is_initialized():
+        return ray
+    target = None if address == "local" else (running_cluster_address() if address == "auto" else address)
+    if address == "auto" and target is None:
+        raise FeatlabError("--ray auto: no running Ray cluster found on this machine ($RAY_ADDRESS is unset and "
+                           "'ray start' recorded none); start one with 'ray start --head', or use --ray local "
+                           "or --ray HOST:PORT")
+    advice = ("start one with 'ray start --head --node-ip-address 127.0.0.1 --port 6379' and pass --ray "
+              "127.0.0.1:6379, or use --ray local")
+    loopback = False
+    if target is not None:
+        host, _, port = target.removeprefix("ray://").rpartition(":")
+        host = host.strip("[]")
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        try:  # a dead address fails here in seconds; Ray itself would retry for minutes
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as error:
+            raise FeatlabError(f"--ray {address}: cannot reach a Ray cluster at {target} "
+                               f"({getattr(error, 'strerror', None) or error}); {advice}") from None
+    import ray._private.ray_constants as ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    if loopback:
+        # Ray swaps a loopback address for this machine's interface address before connecting, and a head node
+        # bound to 127.0.0.1 is not there; its single-machine mode keeps the loopback address as given.
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except Exception as error:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, TimeoutError, ...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise FeatlabError(f"--ray {address}: cannot join the Ray cluster at {target or 'a new local cluster'} "
+                           f"({type(error).__name__}: {first}); {advice}") from None
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
     return ray
 
 

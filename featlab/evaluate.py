@@ -109,15 +109,19 @@ def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
 def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_root, device: str, ray=None):
     """(X, y, index, root, tag) of the images to score: the training dataset's split, or another dataset,
     whose missing embeddings are extracted into the model's own cache under a separate index."""
-    trained_on = meta.get("data_root") or cache.meta.get("data_root", "")
+    trained_on = meta.get("data_root") or (cache.meta.get("data_root", "") if cache is not None else "")
     own = data_root is None or str(Path(data_root).resolve()) == trained_on
-    if own:
+    if own and cache is None:  # a fresh work folder: extract the training data's split into the model's cache
+        if not trained_on:
+            raise FeatlabError("this model records no training data; pass --data to evaluate it")
+        data_root = trained_on
+    elif own:
         if trained_on and (cache.folder / "indexes" / f"{dataset_tag(trained_on)}.csv").is_file():
             X, y, index = cache.load_split(split, index_name=dataset_tag(trained_on))
-            return X, y, index, trained_on, ""
+            return X, y, index, trained_on, "", cache
         if cache.meta.get("data_root", "") == trained_on or not trained_on:
             X, y, index = cache.load_split(split)
-            return X, y, index, trained_on, ""
+            return X, y, index, trained_on, "", cache
         data_root = trained_on  # the latest extraction was of other data: re-read the training set (cached)
     root = Path(data_root)
     manifest = scan_dataset(root, check_images=False, one_class_ok=True)
@@ -128,7 +132,7 @@ def _svm_data(svm, meta: dict, cache, workspace: Workspace, split: str, data_roo
     tag = dataset_tag(root)
     result.cache.write_index(result.manifest, name=tag)
     X, y, index = result.cache.load_split(split, index_name=tag)
-    return X, y, index, str(root.resolve()), "" if own else tag
+    return X, y, index, str(root.resolve()), "" if own else tag, result.cache
 
 
 def evaluate_cnn(model_folder, workspace, split: str = "test", plots: bool = True, data_root: str | None = None,
@@ -189,9 +193,14 @@ def evaluate_svm(model: str | os.PathLike, workspace: Workspace, split: str = "t
                  device: str = "auto", ray: str | None = None):
     """Report of an SVM folder on ``split`` of its training data, or of another dataset (``data_root``)."""
     meta = read_model_meta(model)
-    cache = cache_for_model(meta, workspace.features)
+    try:
+        cache = cache_for_model(meta, workspace.features)
+    except FeatlabError:
+        if not (data_root or Path(str(meta.get("data_root") or "")).is_dir()):
+            raise
+        cache = None  # a fresh work folder: the images are extracted below, into a new cache of the model's key
     svm = load_svm(model, cache, trust_pickle=trust_pickle)
-    X, y, index, root, tag = _svm_data(svm, meta, cache, workspace, split, data_root, device, ray)
+    X, y, index, root, tag, cache = _svm_data(svm, meta, cache, workspace, split, data_root, device, ray)
     split = str(index.split.iloc[0]) if len(index) else split
     if len(X) == 0:
         raise FeatlabError(f"split {split!r} holds no usable images")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -56,8 +57,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by ``None``: featlab writes strict JSON (RFC 8259 has no
+    NaN), and a metric that is not defined on the data (ROC-AUC on one class, a search that did not run)
+    reads back as null. numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps_strict(payload: Any, **options) -> str:
+    return json.dumps(strict_json(payload), allow_nan=False, default=str, **options)
+
+
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return atomic_write_text(path, dumps_strict(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -10,9 +10,12 @@ with the run's entries, never half of one.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 #: The memo's file name in a workspace's ``features/`` folder.
@@ -39,10 +42,25 @@ class HashMemo:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as error:  # garbage or a foreign file: it is only a memo, so rebuild it
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            log.warning("hash memo %s was unreadable (%s); rebuilt it empty (files are hashed again once)",
+                        self.path, error)
+            return self._open()
+
+    def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=60)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                           "ctime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, "
+                               "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+            connection.execute("SELECT path, size, mtime_ns, ctime_ns, inode, sha256 FROM hashes LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
         return connection
 
     def load(self) -> HashMemo:

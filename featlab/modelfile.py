@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featlab.errors import FeatlabError
-from featlab.fileio import atomic_write, atomic_write_json, read_json, sha256_file
+from featlab.fileio import atomic_write, atomic_write_json, dumps_strict, read_json, sha256_file
 
 META = "meta.json"
 #: Fields that legitimately change after the artifact is written (progress, benchmark bookkeeping).
@@ -44,7 +44,7 @@ REQUIRED = {
 
 
 def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    return dumps_strict(value, sort_keys=True)
 
 
 def sealed_meta(meta: dict) -> str:
@@ -65,6 +65,60 @@ def save_model_folder(folder: str | os.PathLike, artifact: str, write: Callable,
     digest = sha256_file(folder / artifact)
     atomic_write_json(folder / META, {**meta, "artifact": artifact, "sha256": digest,
                                       "bytes": (folder / artifact).stat().st_size})
+    return folder
+
+
+def load_tensor_file(path: str | os.PathLike, what: str = "a torch checkpoint", map_location="cpu"):
+    """``torch.load(weights_only=True)``: tensors and plain data only, never code. A file holding anything else
+    (a pickled object, a payload) or not a torch file at all is refused in one line."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:160]
+        if "Weights only load failed" not in str(error) or "Unsupported operand" in detail:  # junk, not a pickle
+            raise FeatlabError(f"cannot read {path} as {what} (not a torch file: {detail})") from None
+        raise FeatlabError(f"{path} is not {what} featlab can load safely: it holds Python objects beyond tensors "
+                           f"({detail}); featlab refuses pickles, which can run code when loaded") from None
+    except Exception as error:  # noqa: BLE001 - truncated zip, wrong format, ...: one clear line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise FeatlabError(f"cannot read {path} as {what} ({type(error).__name__}: {first})") from None
+
+
+def refuse_existing_model(folder: str | os.PathLike, force: bool = False) -> None:
+    """Refuse to replace a model folder that already exists (its model and reports would be lost) unless ``force``."""
+    folder = Path(folder)
+    if folder.exists() and not force and (not folder.is_dir() or any(folder.iterdir())):
+        raise FeatlabError(f"{folder} already exists; choose another --name, or pass --force to replace it")
+
+
+def save_new_model_folder(folder: str | os.PathLike, artifact: str, write: Callable, meta: dict,
+                          force: bool = False) -> Path:
+    """Like :func:`save_model_folder` for a model written in one go (SVM, one-class): the folder is built
+    beside its destination and renamed into place, so a failure (a full disk, Ctrl-C) leaves no
+    half-written folder, and an existing folder is replaced only with ``force`` (then atomically)."""
+    import shutil
+    import uuid
+
+    folder = Path(folder)
+    refuse_existing_model(folder, force)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        save_model_folder(staging, artifact, write, meta)
+        if folder.exists():
+            retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(folder, retired)
+            os.replace(staging, folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return folder
 
 

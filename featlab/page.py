@@ -31,15 +31,29 @@ from featlab import __version__
 from featlab.fileio import atomic_write_text
 from featlab.report import format_cell, table_cells
 
-SHORT = 26  # longest model name printed on a plot; longer names are cut, the full name is in the caption
+SHORT = 34  # longest model name printed whole on a plot; longer ones lose their middle (see short_name)
+#: Below this many test images a page warns that its differences are noisy.
+SMALL_SPLIT = 200
 FIGURE_FORMATS = ("svg", "pdf")  # extra vector formats a user may ask for (papers); the page embeds PNG
 
 #: Where a page's figures are also written as vector files: (folder, formats), or None for the page only.
 Export = tuple[Path, tuple[str, ...]] | None
 
 
-def short_name(name: str) -> str:
-    return name if len(name) <= SHORT else name[: SHORT - 1] + "…"
+def short_name(name: str, others: tuple[str, ...] = ()) -> str:
+    """``name`` for a legend or caption: whole when short, else its start and its end (where featlab's
+    names differ: the arch, the recipe, the time stamp) around an ellipsis; whole again when that would
+    make two of ``others`` look the same."""
+    if len(name) <= SHORT:
+        return name
+    head, tail = SHORT // 2 - 2, SHORT // 2 + 1
+
+    def cut(text: str) -> str:
+        return text if len(text) <= SHORT else text[:head] + "…" + text[-tail:]
+
+    if any(other != name and cut(other) == cut(name) for other in others):
+        return name
+    return cut(name)
 
 
 def params_in_words(params: dict | None) -> str:
@@ -103,7 +117,7 @@ def overlay_curves(reports: list[dict], export: Export = None) -> tuple[str, int
         if not curves:
             continue
         color = plt.cm.tab10(k % 10)
-        m, name = r["metrics"], short_name(r["model"]["name"])
+        m, name = r["metrics"], short_name(r["model"]["name"], tuple(x["model"]["name"] for x in reports))
         roc.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], color=color, label=f"{name} (AUC {m['roc_auc']:.3f})")
         op = curves["operating_point"]
         roc.plot([op["fpr"]], [op["tpr"]], "o", color=color, markersize=5)
@@ -116,14 +130,17 @@ def overlay_curves(reports: list[dict], export: Export = None) -> tuple[str, int
             title="ROC curves (dot: the model's threshold)", xlim=(0, 1), ylim=(0, 1.01))
     pr.set(xlabel="recall (fakes caught)", ylabel="precision (called fake that are fake)",
            title="precision-recall curves", xlim=(0, 1), ylim=(0, 1.01))
-    roc.legend(loc="lower right")
-    pr.legend(loc="lower left")
+    roc.legend(loc="lower right", fontsize=7)
+    pr.legend(loc="lower left", fontsize=7)
     return _png(fig, "curves", export), drawn
 
 
 def cost_scatter(table: pd.DataFrame, export: Export = None) -> str:
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     plt = _style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    everyone = tuple(table["model"])
     for ax, column, label in ((axes[0], "train s", "training time (s, log scale)"),
                               (axes[1], "infer img/s", "inference throughput (images/s, log scale)")):
         for k, row in table.iterrows():
@@ -132,10 +149,13 @@ def cost_scatter(table: pd.DataFrame, export: Export = None) -> str:
                 continue
             marker = "s" if row["kind"] == "svm" else "o"
             ax.scatter([value], [row["roc_auc"]], color=plt.cm.tab10(k % 10), marker=marker, s=45,
-                       label=f"{short_name(row['model'])} ({row['kind']})")
+                       label=f"{short_name(row['model'], everyone)} ({row['kind']})")
         ax.set_xscale("log")
+        # decades only: minor-tick labels on a log axis overlap when the values span little
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel=label, ylabel="test ROC-AUC", title=f"ROC-AUC vs {column.split()[0]} cost")
-    axes[1].legend(loc="best")
+    axes[1].legend(loc="best", fontsize=7)
     return _png(fig, "cost", export)
 
 
@@ -149,7 +169,8 @@ def group_bars(reports: list[dict], export: Export = None) -> str | None:
     for k, r in enumerate(reports):
         values = {g["group"]: g["roc_auc"] for g in r.get("groups") or []}
         xs = np.arange(len(groups)) + k * width
-        ax.bar(xs, [values.get(g) or 0 for g in groups], width, label=short_name(r["model"]["name"]),
+        ax.bar(xs, [values.get(g) or 0 for g in groups], width,
+               label=short_name(r["model"]["name"], tuple(x["model"]["name"] for x in reports)),
                color=plt.cm.tab10(k % 10))
     ax.set_xticks(np.arange(len(groups)) + width * (len(reports) - 1) / 2)
     ax.set_xticklabels(groups, rotation=15)
@@ -169,7 +190,7 @@ def confusion_html(report: dict) -> str:
             f"<td style='background:{_cell_fill(cm[i][j], vmax)};color:{text_color(cm[i][j], vmax)}'>{cm[i][j]}</td>"
             for j in range(2))
         rows.append(f"<tr><th>true {names[i]}</th>{cells}</tr>")
-    return (f"<table class='cm'><caption>{html.escape(short_name(report['model']['name']))}</caption>"
+    return (f"<table class='cm'><caption>{html.escape(report['model']['name'])}</caption>"
             f"<tr><th></th><th>called real</th><th>called fake</th></tr>{''.join(rows)}</table>")
 
 
@@ -187,9 +208,13 @@ def summary_lines(reports: list[dict], table: pd.DataFrame) -> list[str]:
         if values.notna().any():
             i = values.idxmax() if higher else values.idxmin()
             best.append(f"{column}: {table.loc[i, 'model']}")
+    n = int(data.get("n_images") or 0)
+    small = (f" Small sample: n = {n}; one image moves accuracy by {1 / n:.3f}, so small differences between "
+             "models are noise (see the ROC-AUC intervals)." if 0 < n < SMALL_SPLIT else "")
     lines = [
-        f"Data: {data['root']}, split {data['split']}: {data['n_images']} images ({data.get('n_real', '?')} real, "
-        f"{data.get('n_fake', '?')} fake) - {kind}." + (f" Groups: {', '.join(groups)}." if groups else ""),
+        # the folder's name, not the path of the machine that made the report
+        f"Data: {Path(str(data['root'])).name}, split {data['split']}: {n} images ({data.get('n_real', '?')} real, "
+        f"{data.get('n_fake', '?')} fake) - {kind}." + (f" Groups: {', '.join(groups)}." if groups else "") + small,
         f"Models: {len(reports)}; seeds {sorted({r['model']['seed'] for r in reports})}; "
         f"hardware: {hw.get('cpu', 'unknown')}, {hw.get('cores', '?')} cores, GPU {hw.get('gpu') or 'none'}; "
         f"torch {versions.get('torch', '?')}, scikit-learn {versions.get('scikit-learn', '?')}, featlab {__version__}.",
@@ -210,7 +235,9 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>featlab comparison</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:0.5em 0;"
-        "font-size:0.85em}.wide{overflow-x:auto}"
+        "font-size:0.85em}.wide{overflow-x:auto;max-width:100%}.wide th{white-space:normal;max-width:6.5em}"
+        ".wide td:first-child{text-align:left;max-width:18em;overflow-wrap:anywhere}"
+        ".cm caption{max-width:22em;overflow-wrap:anywhere}"
         "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td.best{font-weight:bold;background:#e6f4ea}"
         "th{background:#f4f4f4}img{max-width:100%;margin:4px 0}.cm{display:inline-table;margin-right:1.5em}"
         ".cm caption{font-weight:bold}.summary{background:#f7f9fc;padding:0.6em 1em;border-left:4px solid #4a78c2}"
@@ -250,9 +277,10 @@ def render_page(reports: list[dict], table: pd.DataFrame, markdown_table: str, e
                         f"{html.escape(r['model']['name'])}</a></li>" for r in galleries)
         parts.append("<h2>Why: heatmap galleries</h2><p>Most confident true positives, false positives and false "
                      f"negatives of each model, with the regions that drove its score.</p><ul>{links}</ul>")
-    names = [r["model"]["name"] for r in reports if len(r["model"]["name"]) > SHORT]
+    everyone = tuple(r["model"]["name"] for r in reports)
+    names = [n for n in everyone if short_name(n, everyone) != n]
     if names:
-        parts.append("<p>Full model names: " + "; ".join(f"{html.escape(short_name(n))} = {html.escape(n)}"
+        parts.append("<p>Full model names: " + "; ".join(f"{html.escape(short_name(n, everyone))} = {html.escape(n)}"
                                                          for n in names) + "</p>")
     parts.append(f"<p>featlab {__version__}</p></body></html>")
     return "".join(parts)

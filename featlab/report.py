@@ -326,8 +326,14 @@ def write_comparison(reports: list[dict], out: str | os.PathLike,
     return md, page, markdown
 
 
+NULLS = ("null marks a figure that is not defined on this data (for example ROC-AUC on a split or group with one "
+         "class, or a selection score where only one candidate was fitted)")
+
+
 def save_report(report: dict, path: str | os.PathLike) -> Path:
-    return atomic_write_json(path, validate_report(report))
+    # strict JSON has no NaN: an undefined figure is written as null, and every report says what null means
+    report = {**validate_report(report), "nulls": NULLS}
+    return atomic_write_json(path, report)
 
 
 def write_matrix(table: pd.DataFrame, out: str | os.PathLike) -> dict[str, Path]:

@@ -13,18 +13,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from featlab.checks import PRECISIONS, check_device, check_precision  # noqa: F401 - PRECISIONS re-exported
 from featlab.data import load_rgb
 from featlab.errors import BadImageError, FeatlabError
 from featlab.perturb import Perturbation
 from featlab.specs import Preprocessing
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 # ------------------------------------------------------------------ device and dtype
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -41,8 +40,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise FeatlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

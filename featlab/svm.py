@@ -16,7 +16,7 @@ from featlab import LABELS, __version__
 from featlab.cache import EmbeddingCache, dataset_tag, find_caches
 from featlab.classical import FitResult, fit_svm, pca_summary, scores
 from featlab.errors import FeatlabError
-from featlab.modelfile import check_sealed, save_model_folder, verified_artifact
+from featlab.modelfile import check_sealed, refuse_existing_model, save_new_model_folder, verified_artifact
 from featlab.streaming import BYTES_PER_VALUE, resident_bytes
 from featlab.versions import library_versions, utc_now
 
@@ -24,28 +24,40 @@ log = logging.getLogger(__name__)
 
 ARTIFACT = "model.skops"
 LEGACY_ARTIFACT = "model.joblib"  # featlab 0.1: a pickle, loaded only with trust_pickle=True
-#: The only classes an SVM model file may contain (what featlab writes), plus plain data types.
-TRUSTED_TYPES = frozenset({
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.decomposition._pca.PCA",
-    "sklearn.svm._classes.SVC",
-    "sklearn.svm._classes.LinearSVC",
-    "sklearn.kernel_approximation.Nystroem",
-    "sklearn.calibration.CalibratedClassifierCV",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
+#: Every (skops loader, fully qualified type) pair a featlab model file may contain: exactly what featlab's
+#: SVM, one-class and streaming fits write, and nothing named by prefix. A type outside it (a numpy or builtins
+#: callable, ``os.system``, a ``functools.partial``...) is refused before skops builds any object.
+ALLOWED_NODES = frozenset({
+    # containers and JSON data (JsonNode decodes with json.loads: data only)
+    ("DictNode", "builtins.dict"), ("ListNode", "builtins.list"), ("TupleNode", "builtins.tuple"),
+    ("JsonNode", "builtins.str"), ("JsonNode", "builtins.int"), ("JsonNode", "builtins.float"),
+    ("JsonNode", "builtins.bool"), ("JsonNode", "builtins.NoneType"),
+    ("TypeNode", "builtins.str"),  # a dtype recorded as the type str
+    # arrays and numpy scalars (np.load with allow_pickle=False)
+    ("NdArrayNode", "numpy.ndarray"), ("NdArrayNode", "numpy.float32"), ("NdArrayNode", "numpy.float64"),
+    ("NdArrayNode", "numpy.int32"), ("NdArrayNode", "numpy.int64"), ("NdArrayNode", "numpy.bool_"),
+    # the estimators featlab fits
+    ("ObjectNode", "sklearn.pipeline.Pipeline"),
+    ("ObjectNode", "sklearn.preprocessing._data.StandardScaler"),
+    ("ObjectNode", "sklearn.decomposition._pca.PCA"),
+    ("ObjectNode", "sklearn.svm._classes.SVC"),
+    ("ObjectNode", "sklearn.svm._classes.LinearSVC"),
+    ("ObjectNode", "sklearn.kernel_approximation.Nystroem"),
+    ("ObjectNode", "sklearn.calibration.CalibratedClassifierCV"),
+    ("ObjectNode", "sklearn.calibration._CalibratedClassifier"),
+    ("ObjectNode", "sklearn.calibration._SigmoidCalibration"),
     # one-class detectors (featlab.unsupervised)
-    "sklearn.svm._classes.OneClassSVM",
-    "sklearn.ensemble._iforest.IsolationForest",
-    "sklearn.tree._classes.ExtraTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    "sklearn.covariance._elliptic_envelope.EllipticEnvelope",
+    ("ObjectNode", "sklearn.svm._classes.OneClassSVM"),
+    ("ObjectNode", "sklearn.ensemble._iforest.IsolationForest"),
+    ("ObjectNode", "sklearn.tree._classes.ExtraTreeRegressor"),
+    ("TreeNode", "sklearn.tree._tree.Tree"),
+    ("ObjectNode", "sklearn.covariance._elliptic_envelope.EllipticEnvelope"),
     # streaming fit (featlab.streaming)
-    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
-    "sklearn.linear_model._sgd_fast.Hinge",
+    ("ObjectNode", "sklearn.linear_model._stochastic_gradient.SGDClassifier"),
+    ("LossNode", "sklearn.linear_model._sgd_fast.Hinge"),
 })
-_PLAIN_TYPES = ("builtins.", "numpy.")
+#: The fully qualified types of :data:`ALLOWED_NODES`: the only names passed to skops as trusted.
+TRUSTED_TYPES = frozenset(name for _, name in ALLOWED_NODES)
 
 
 @dataclass
@@ -107,6 +119,7 @@ def fit_from_cache(
     max_memory: int | None = None,
     stream: bool = False,
     data_root: str | os.PathLike | None = None,
+    force: bool = False,
     **options,
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
@@ -117,7 +130,10 @@ def fit_from_cache(
     the clean valid split. ``max_memory`` (bytes) caps the process: when the embeddings would not
     fit under it, or with ``stream``, the fit runs out of core (:mod:`featlab.streaming`).
     ``data_root`` picks the dataset when the cache holds several (default: the one extracted last).
+    An existing folder ``name`` is refused before any work unless ``force``.
     """
+    if name:
+        refuse_existing_model(Path(models_dir) / name, force)
     index_name, root = cache.dataset_index(data_root)
     index = cache.index(index_name)
     others = [name for name in cache.datasets() if name != dataset_tag(root)] if root else []
@@ -176,7 +192,8 @@ def fit_from_cache(
         "seed": seed,
         "versions": library_versions(),
     }
-    save_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(result.pipeline, sealed)), meta)
+    save_new_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(result.pipeline, sealed)), meta,
+                          force=force)
     return folder, result
 
 
@@ -207,20 +224,21 @@ def _dumps(pipeline: Pipeline, sealed: str) -> bytes:
     return skops.io.dumps({"pipeline": pipeline, "featlab_meta": sealed})
 
 
-def _skops_types(data: bytes) -> set[str]:
-    """Every ``module.Class`` named in a skops file's schema (read without loading anything)."""
+def _skops_nodes(data: bytes) -> set[tuple[str, str]]:
+    """Every (loader, ``module.Class``) pair named in a skops file's schema, read as JSON without importing
+    or building anything; a node that names a type without its loader or module counts as ``?``."""
     import io
     import json
     import zipfile
 
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         schema = json.loads(archive.read("schema.json"))
-    found: set[str] = set()
+    found: set[tuple[str, str]] = set()
 
     def walk(node) -> None:
         if isinstance(node, dict):
-            if "__class__" in node:
-                found.add(f"{node.get('__module__', '')}.{node['__class__']}")
+            if "__class__" in node or "__loader__" in node or "__module__" in node:
+                found.add((str(node.get("__loader__", "?")), f"{node.get('__module__', '?')}.{node.get('__class__', '?')}"))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -231,20 +249,42 @@ def _skops_types(data: bytes) -> set[str]:
     return found
 
 
-def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
+def _skops_types(data: bytes) -> set[str]:
+    """Every ``module.Class`` named in a skops file's schema (read without loading anything)."""
+    return {name for _, name in _skops_nodes(data)}
+
+
+def _load_skops(artifact: Path, data: bytes | None = None) -> tuple[Pipeline, str | None]:
+    """Load a featlab skops file after checking that it names only :data:`ALLOWED_NODES`.
+
+    Two independent checks run before any object is built: our own walk of the schema (every node's loader
+    and type must be in the exact allow-list) and skops's own audit (its untrusted types must be ours).
+    """
     import zipfile
 
     import skops.io
 
-    data = artifact.read_bytes()
+    data = artifact.read_bytes() if data is None else data
     try:
-        types = _skops_types(data)
-    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        nodes = _skops_nodes(data)
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as error:
         raise FeatlabError(f"{artifact} is not a skops model file ({type(error).__name__}: {error})") from None
-    foreign = sorted(t for t in types if t not in TRUSTED_TYPES and not t.startswith(_PLAIN_TYPES))
+    foreign = sorted({name if loader in ("ObjectNode", "?") else f"{name} ({loader})"
+                      for loader, name in nodes if (loader, name) not in ALLOWED_NODES})
     if foreign:
         raise FeatlabError(f"{artifact} holds types featlab never writes ({', '.join(foreign)}); refusing to load it")
-    payload = skops.io.loads(data, trusted=sorted(t for t in types if not t.startswith("builtins.")))
+    try:
+        untrusted = set(skops.io.get_untrusted_types(data=data))
+    except Exception as error:  # noqa: BLE001 - skops parses hostile input; any failure is a refusal
+        raise FeatlabError(f"{artifact} is not a skops model file skops can audit ({type(error).__name__}: "
+                           f"{error}); refusing to load it") from None
+    if untrusted - TRUSTED_TYPES:
+        raise FeatlabError(f"{artifact} holds types featlab never writes ({', '.join(sorted(untrusted - TRUSTED_TYPES))}); "
+                           "refusing to load it")
+    try:
+        payload = skops.io.loads(data, trusted=sorted(TRUSTED_TYPES))
+    except Exception as error:  # noqa: BLE001 - only allow-listed types get here; a malformed state is a refusal
+        raise FeatlabError(f"{artifact} could not be loaded ({type(error).__name__}: {error}); refusing it") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("pipeline"), Pipeline):
         raise FeatlabError(f"{artifact} does not hold a featlab SVM pipeline")
     return payload["pipeline"], payload.get("featlab_meta")

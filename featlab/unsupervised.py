@@ -211,15 +211,18 @@ def build_oneclass(method: str, pca: int | float | None = 64, seed: int = 0) -> 
 
 
 def fit_oneclass_from_cache(cache, models_dir: str | os.PathLike, method: str = "ocsvm", pca: int | float | None = 64,
-                            seed: int = 0, name: str | None = None, data_root: str | os.PathLike | None = None) -> Path:
+                            seed: int = 0, name: str | None = None, data_root: str | os.PathLike | None = None,
+                            force: bool = False) -> Path:
     """Fit a one-class detector on the cache's train reals and save it as a model folder (``kind: oneclass``).
 
     ``data_root`` picks which dataset's index of the cache to read (a cache shared by several
     datasets keeps one index each); by default the dataset the cache was last extracted for.
     """
-    from featlab.modelfile import save_model_folder
+    from featlab.modelfile import refuse_existing_model, save_new_model_folder
     from featlab.svm import ARTIFACT, _dumps
 
+    if name:
+        refuse_existing_model(Path(models_dir) / name, force)
     index_name, root = cache.dataset_index(data_root)
     X, y, _ = cache.load_split("train", index_name=index_name)
     X_real = X[y == LABELS["real"]]
@@ -246,7 +249,8 @@ def fit_oneclass_from_cache(cache, models_dir: str | os.PathLike, method: str = 
         "n_train": int(len(X_real)), "n_valid": int(n_valid), "train_seconds": seconds, "fit_seconds": seconds,
         "seed": seed, "versions": library_versions(),
     }
-    save_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(pipeline, sealed)), meta)
+    save_new_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(_dumps(pipeline, sealed)), meta,
+                          force=force)
     return folder
 
 

@@ -159,7 +159,11 @@ def test_scan_images_for_prediction(tmp_path):
     _jpeg(tmp_path / "x" / "deep" / "a.jpg")
     (tmp_path / "x" / "readme.md").write_text("skip me")
     manifest = scan_images(tmp_path / "x")
-    assert len(manifest) == 1 and manifest.label.iloc[0] == -1
+    ok = manifest[manifest.status == "ok"]
+    assert len(ok) == 1 and ok.label.iloc[0] == -1
+    skipped = manifest[manifest.status != "ok"]  # listed with its reason, never read
+    assert list(skipped.path.map(lambda p: p.rsplit("/", 1)[-1])) == ["readme.md"]
+    assert "not an image type featlab decodes (.md" in skipped.reason.iloc[0]
     with pytest.raises(FeatlabError, match="no image files"):
         scan_images(_empty(tmp_path))
 

@@ -88,10 +88,11 @@ def test_predict_again_on_files_known_to_be_bad(fitted, tmp_path):
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff nope")
     for attempt in range(2):  # the second time the file is already known to be undecodable
-        result = ok("predict", "svm", folder, "--workdir", fitted)
+        result = run("predict", "svm", folder, "--workdir", fitted)
         assert "0 classified" in result.output and "1 skipped" in result.output, (attempt, result.output)
-    single = ok("predict", "svm", folder / "broken.jpg", "--workdir", fitted)
-    assert "skipped:" in single.output
+        fails_cleanly(result, "could be classified")  # nothing classified: exit 1
+    single = run("predict", "svm", folder / "broken.jpg", "--workdir", fitted)
+    assert "skipped:" in single.output and single.exit_code == 1
 
 
 def test_extract_summary_does_not_count_failures_as_computed(synth_root, tmp_path):

@@ -51,7 +51,12 @@ def test_contrast_rule_and_names():
     assert text_color(315, 315) == "#ffffff" and text_color(10, 315) == "#000000"
     assert text_color(0, 0) == "#000000"
     assert params_in_words({"clf__C": 1.0, "clf__gamma": "scale"}) == "C=1, gamma=scale"
-    assert short_name("x" * 40).endswith("…") and len(short_name("x" * 40)) == 26
+    assert short_name("x" * 40).count("…") == 1 and len(short_name("x" * 40)) == 34
+    # two models of one family stay apart: start and end survive, and a clash keeps the full name
+    a, b = "bench-svm-resnet50-opennsfw-layer2-avg", "bench-svm-resnet50-opennsfw-layer3-gem"
+    assert short_name(a, (a, b)) != short_name(b, (a, b))
+    c, d = "bench-svm-" + "a" * 12 + "X" + "a" * 17 + "-end", "bench-svm-" + "a" * 12 + "Y" + "a" * 17 + "-end"
+    assert short_name(c, (c, d)) == c
 
 
 def test_page_renders_in_headless_chromium(reports_dir, tmp_path):
