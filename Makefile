@@ -49,6 +49,7 @@ docs:
 
 lint:
 	$(VENV)/bin/ruff check featlab data_prep tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) featlab-work bench-out .pytest_cache

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from featlab import LABELS
-from featlab.data import IMAGE_EXTENSIONS, SPLITS, load_rgb
-from featlab.errors import BadImageError, FeatlabError
-from featlab.fileio import atomic_write_json, atomic_write_text, sha256_file
+from featlab.core.errors import BadImageError, FeatlabError
+from featlab.core.fileio import atomic_write_json, atomic_write_text, sha256_file
+from featlab.data.dataset import IMAGE_EXTENSIONS, SPLITS, load_rgb
 
 COMBINED = "combined-real-vs-fake"
 MANIFEST_FIELDS = ["path", "split", "label", "label_name", "sha256", "source", "source_path"]

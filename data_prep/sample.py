@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featlab.errors import FeatlabError
-from featlab.fileio import atomic_write_text, sha256_file
+from featlab.core.errors import FeatlabError
+from featlab.core.fileio import atomic_write_text, sha256_file
 
 PER_CLASS = {"train": 50, "valid": 15, "test": 15}
 PREFIX = "140k/real_vs_fake/real-vs-fake/"

@@ -66,7 +66,7 @@ def make_synthetic_dataset(
     """
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        from featlab.errors import FeatlabError
+        from featlab.core.errors import FeatlabError
 
         raise FeatlabError(f"{root} exists and is not empty: synth writes only into a new or empty folder, so "
                            "generated drawings are never mixed with real photos")

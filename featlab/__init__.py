@@ -1,22 +1,17 @@
 """featlab: tell real face photos from DeepFake / GAN-made / edited ones.
 
-Data flow, one module per stage (imports only run "down" this list)::
+One subpackage per layer; imports only go down this list (an import-linter contract, run by ``make lint``
+and by ``tests/test_architecture.py``, which also refuses any import circle)::
 
-    errors, versions      shared helpers
-    data                  dataset discovery, manifest, robust image decoding
-    backbones             registry of pretrained feature extractors + their preprocessing
-    opennsfw              the offline ResNet-50 (Yahoo open_nsfw) backbone
-    cache, extract        batched extraction into an on-disk embedding cache
-    classical             StandardScaler -> PCA -> SVM pipeline, model files with hash checks
-    hashmemo, distributed stat-keyed hash memo; extraction on Ray Data (optional)
-    cnn, autoencoder      fine-tuned CNN baselines; the convolutional autoencoder
-    streaming             out-of-core fit of the classical pipeline
-    unsupervised          clustering of embeddings / latents, one-class detectors
-    adversarial           pixel-space L-inf attacks (torchattacks) for evaluation and training
-    detector              a saved model as a function of pixels (incl. the SVM's torch copy)
-    explain, attack       heatmaps and galleries; adversarial evaluation
-    metrics, report       honest metrics, JSON reports, plots, comparison tables
-    workspace, cli        the shared work folder and the thin typer CLI
+    cli          the thin typer command line
+    evaluation   evaluate / predict, robustness, attack, explain, benchmark, estimators   | analysis: clustering
+    reports      the JSON report schema, tables, plots, the comparison page
+    detectors    model folders: SVM, one-class, CNN, autoencoder, the pixel-level detector, attacks
+    features     backbone registry, preprocessing, recipes, the embedding cache, extraction (local, Ray)
+    data         datasets and manifests, groups, perturbations, the hash memo
+    core         errors, file helpers, versions, the work folder, early checks, metrics
+
+The public API below is imported on first use, so ``import featlab`` stays light.
 """
 
 __version__ = "0.2.0"
@@ -27,34 +22,34 @@ CLASS_NAMES: tuple[str, ...] = ("real", "fake")
 
 #: The public Python API (imported on first use, so ``import featlab`` stays light).
 _PUBLIC = {
-    "DeepFeatures": "featlab.estimators",
-    "CNNClassifier": "featlab.estimators",
-    "SavedModel": "featlab.estimators",
-    "load_model": "featlab.estimators",
-    "FeatureRecipe": "featlab.recipe",
-    "scan_dataset": "featlab.data",
-    "Perturbation": "featlab.perturb",
-    "Workspace": "featlab.workspace",
-    "FeatlabError": "featlab.errors",
-    "BenchmarkSettings": "featlab.benchmark",
-    "run_benchmark": "featlab.benchmark",
-    "evaluate_model": "featlab.evaluate",
-    "evaluate_matrix": "featlab.evaluate",
-    "predict_paths": "featlab.evaluate",
-    "run_robustness": "featlab.robustness",
-    "extract_dataset": "featlab.extract",
-    "fit_svm": "featlab.classical",
-    "build_pipeline": "featlab.classical",
-    "train_cnn": "featlab.cnn",
-    "TrainConfig": "featlab.cnn",
-    "load_detector": "featlab.detector",
-    "explain_paths": "featlab.explain",
-    "AttackSettings": "featlab.attack",
-    "run_attack": "featlab.attack",
-    "cluster_dataset": "featlab.unsupervised",
-    "fit_oneclass_from_cache": "featlab.unsupervised",
-    "AETrainConfig": "featlab.autoencoder",
-    "train_ae": "featlab.autoencoder",
+    "DeepFeatures": "featlab.evaluation.estimators",
+    "CNNClassifier": "featlab.evaluation.estimators",
+    "SavedModel": "featlab.evaluation.estimators",
+    "load_model": "featlab.evaluation.estimators",
+    "FeatureRecipe": "featlab.features.recipe",
+    "scan_dataset": "featlab.data.dataset",
+    "Perturbation": "featlab.data.perturb",
+    "Workspace": "featlab.core.workspace",
+    "FeatlabError": "featlab.core.errors",
+    "BenchmarkSettings": "featlab.evaluation.benchmark",
+    "run_benchmark": "featlab.evaluation.benchmark",
+    "evaluate_model": "featlab.evaluation.evaluate",
+    "evaluate_matrix": "featlab.evaluation.evaluate",
+    "predict_paths": "featlab.evaluation.evaluate",
+    "run_robustness": "featlab.evaluation.robustness",
+    "extract_dataset": "featlab.features.extract",
+    "fit_svm": "featlab.detectors.classical",
+    "build_pipeline": "featlab.detectors.classical",
+    "train_cnn": "featlab.detectors.cnn",
+    "TrainConfig": "featlab.detectors.cnn",
+    "load_detector": "featlab.detectors.detector",
+    "explain_paths": "featlab.evaluation.explain",
+    "AttackSettings": "featlab.evaluation.attack",
+    "run_attack": "featlab.evaluation.attack",
+    "cluster_dataset": "featlab.analysis.clustering",
+    "fit_oneclass_from_cache": "featlab.detectors.oneclass",
+    "AETrainConfig": "featlab.detectors.autoencoder",
+    "train_ae": "featlab.detectors.autoencoder",
 }
 __all__ = ["CLASS_NAMES", "LABELS", "__version__", *_PUBLIC]
 

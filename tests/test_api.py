@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import featlab
 from featlab.cli import app
-from featlab.extract import Extractor
+from featlab.features.extract import Extractor
 
 from .conftest import REAL_SAMPLE, REPO
 
@@ -92,7 +92,7 @@ def test_deep_features_follows_scikit_learn_conventions():
 
 
 def test_library_errors_name_parameters_not_cli_flags():
-    from featlab.errors import FeatlabError
+    from featlab.core.errors import FeatlabError
 
     with pytest.raises(FeatlabError) as error:
         featlab.DeepFeatures(backbone="resnet18", layers="layer9").fit()

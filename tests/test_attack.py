@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from featlab.adversarial import BinaryLogits, attack_batch, eps_levels, parse_eps
-from featlab.classical import build_pipeline
-from featlab.cnn import TrainConfig, train_cnn
-from featlab.data import load_rgb, scan_dataset
-from featlab.detector import TorchPipeline, load_detector
-from featlab.errors import FeatlabError
-from featlab.runtime import PixelDetector
+from featlab.core.errors import FeatlabError
+from featlab.data.dataset import load_rgb, scan_dataset
+from featlab.detectors.adversarial import BinaryLogits, attack_batch, eps_levels, parse_eps
+from featlab.detectors.classical import build_pipeline
+from featlab.detectors.cnn import TrainConfig, train_cnn
+from featlab.detectors.detector import TorchPipeline, load_detector
+from featlab.features.runtime import PixelDetector
 
 from .conftest import R18, cli_ok
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from featlab.backbones import BACKBONES, load_backbone
-from featlab.errors import FeatlabError
-from featlab.specs import RANDOM_WEIGHTS
+from featlab.core.errors import FeatlabError
+from featlab.features.backbones import BACKBONES, load_backbone
+from featlab.features.specs import RANDOM_WEIGHTS
 
 TORCHVISION = [name for name, spec in BACKBONES.items() if spec.weights is not None]
 

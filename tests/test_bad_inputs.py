@@ -113,7 +113,7 @@ def test_fit_svm_refuses_an_existing_name_unless_forced(trained, tmp_path):
 
 
 def test_a_full_disk_during_fit_svm_leaves_no_half_written_folder(trained, tmp_path, monkeypatch):
-    import featlab.svm
+    import featlab.detectors.svm
 
     work = copy_work(trained, tmp_path)
     before = tree_digest(work)
@@ -121,7 +121,7 @@ def test_a_full_disk_during_fit_svm_leaves_no_half_written_folder(trained, tmp_p
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(featlab.svm, "_dumps", full)
+    monkeypatch.setattr(featlab.detectors.svm, "dumps_model", full)
     fails_cleanly(run("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "new"), "No space left")
     assert not (work / "models" / "new").exists()
     assert not [p for p in (work / "models").iterdir() if p.name.startswith(".")]  # no staging folder left
@@ -162,10 +162,10 @@ def test_evaluate_in_a_fresh_workdir_extracts_what_the_svm_needs(trained, synth_
 
 @pytest.mark.parametrize("command", ["extract", "fit-svm", "compare", "predict --out"])
 def test_a_full_disk_is_one_line_and_loses_nothing(trained, synth_root, tmp_path, monkeypatch, command):
-    import featlab.fileio
+    import featlab.core.fileio
 
     work = copy_work(trained, tmp_path)
-    real = featlab.fileio.atomic_write
+    real = featlab.core.fileio.atomic_write
 
     def full(path, write, mode="wb"):
         if "hash-memo" in str(path):
@@ -173,7 +173,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(trained, synth_root, tmp_path
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     before = tree_digest(work)
-    monkeypatch.setattr(featlab.fileio, "atomic_write", full)
+    monkeypatch.setattr(featlab.core.fileio, "atomic_write", full)
     args = {"extract": ["extract", "--data", REAL_SAMPLE, *R18, "--workdir", work],
             "fit-svm": ["fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "other"],
             "compare": ["compare", "--workdir", work],
@@ -217,10 +217,10 @@ def test_a_garbage_cache_meta_is_one_line(trained, synth_root, tmp_path):
 
 def test_ray_auto_without_a_cluster_names_what_it_tried(synth_root, tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    import featlab.distributed
+    import featlab.features.distributed
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(featlab.distributed, "running_cluster_address", lambda: None)
+    monkeypatch.setattr(featlab.features.distributed, "running_cluster_address", lambda: None)
     fails_cleanly(run("extract", "--data", synth_root, *R18, "--ray", "auto", "--workdir", tmp_path),
                   "no running Ray cluster found")
     port = _free_port()
@@ -351,7 +351,13 @@ def test_train_cnn_without_progress_still_prints_each_epoch(synth_root, tmp_path
 
 
 def test_train_cnn_defaults_to_an_arch_that_works_offline():
-    from featlab.backbones import BACKBONES, OFFLINE_DEFAULT, ONLINE_DEFAULT, resolve_auto, torchvision_cache_file
+    from featlab.features.backbones import (
+        BACKBONES,
+        OFFLINE_DEFAULT,
+        ONLINE_DEFAULT,
+        resolve_auto,
+        torchvision_cache_file,
+    )
 
     help_text = run("train-cnn", "--help").output
     assert "auto" in help_text

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featlab.cli import app
-from featlab.groups import find_groups, read_groups_csv
-from featlab.metrics import group_metrics
+from featlab.core.metrics import group_metrics
+from featlab.data.groups import find_groups, read_groups_csv
 
 from .conftest import REAL_SAMPLE, SHARED
 
@@ -110,8 +110,8 @@ def test_benchmark_on_a_tiny_real_build_breaks_metrics_down_by_source(tiny_build
 
 def test_group_rows_recomputed_from_scores_match_the_report(tiny_build, tmp_path):
     """The report's per-source figures equal group_metrics on the same scores (no hidden filtering)."""
-    from featlab.evaluate import evaluate_model, predict_paths
-    from featlab.workspace import Workspace
+    from featlab.core.workspace import Workspace
+    from featlab.evaluation.evaluate import evaluate_model, predict_paths
 
     work = tmp_path / "work"
     invoke("extract", "--data", tiny_build, "--workdir", work, "--no-progress")
@@ -121,7 +121,7 @@ def test_group_rows_recomputed_from_scores_match_the_report(tiny_build, tmp_path
     table = predict_paths(work / "models" / "svm", tiny_build / "test", Workspace.resolve(work))
     table = table.set_index("path").loc[paths]
     y = np.array([1 if "/fake/" in p else 0 for p in paths])
-    from featlab.groups import groups_for
+    from featlab.data.groups import groups_for
 
     expected = group_metrics(y, table.score.to_numpy(), 0.0, groups_for(paths, find_groups(tiny_build)))
     got = {g["group"]: g for g in report["groups"]}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.datasets import make_classification
 
-from featlab.classical import build_pipeline, fit_svm, parse_grid, parse_pca
-from featlab.errors import FeatlabError
+from featlab.core.errors import FeatlabError
+from featlab.detectors.classical import build_pipeline, fit_svm, parse_grid, parse_pca
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,14 @@ def test_streaming_fit_reads_in_chunks_and_matches_an_in_memory_linear_svm():
     from sklearn.metrics import roc_auc_score
     from sklearn.svm import LinearSVC
 
-    from featlab.detector import TorchPipeline
-    from featlab.streaming import bytes_per_row, chunk_rows, fit_streaming, fixed_bytes, transform_bytes_per_row
+    from featlab.detectors.detector import TorchPipeline
+    from featlab.detectors.streaming import (
+        bytes_per_row,
+        chunk_rows,
+        fit_streaming,
+        fixed_bytes,
+        transform_bytes_per_row,
+    )
 
     rng = np.random.default_rng(0)
     n, d = 3000, 64
@@ -129,7 +135,7 @@ def test_streaming_fit_reads_in_chunks_and_matches_an_in_memory_linear_svm():
 
 
 def test_fit_svm_max_memory_switches_to_the_streaming_fit(synth_root, tmp_path, monkeypatch):
-    from featlab import streaming
+    from featlab.detectors import streaming
 
     from .conftest import R18, cli_ok
 

@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from featlab.cli import app
-from featlab.cnn import Augment, CustomCNN, TrainConfig, train_cnn
-from featlab.errors import FeatlabError
-from featlab.report import compare_reports, load_reports
+from featlab.core.errors import FeatlabError
+from featlab.detectors.cnn import Augment, CustomCNN, TrainConfig, train_cnn
+from featlab.reports.report import compare_reports, load_reports
 
 TINY = dict(arch="custom", epochs=3, batch_size=16, lr=3e-3, image_size=32, seed=0, patience=5,
             augment=Augment(crop_scale=1.0, color_jitter=0.0))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featlab.data import load_rgb, scan_dataset, scan_images, summarize
-from featlab.errors import BadImageError, FeatlabError
+from featlab.core.errors import BadImageError, FeatlabError
+from featlab.data.dataset import load_rgb, scan_dataset, scan_images, summarize
 
 
 def _jpeg(path, color=(200, 50, 50), size=(32, 24)):
@@ -176,8 +176,8 @@ def _empty(tmp_path):
 def test_shipped_real_sample_is_valid_real_and_matches_its_provenance():
     import pandas as pd
 
-    from featlab.fileio import sha256_file
-    from featlab.report import is_synthetic
+    from featlab.core.fileio import sha256_file
+    from featlab.reports.report import is_synthetic
 
     from .conftest import REAL_SAMPLE
 

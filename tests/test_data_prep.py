@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from data_prep.build import build
 from featlab.cli import app
-from featlab.data import scan_dataset
-from featlab.errors import FeatlabError
+from featlab.core.errors import FeatlabError
+from featlab.data.dataset import scan_dataset
 
 
 def _img(path, seed):

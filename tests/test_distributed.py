@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_prep.synth import make_synthetic_dataset
-from featlab.cache import EmbeddingCache
+from featlab.features.cache import EmbeddingCache
 
 from .conftest import R18, cli_ok
 

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from featlab.cli import app
-from featlab.errors import FeatlabError
-from featlab.modelfile import read_model_meta
-from featlab.report import SCHEMA, validate_report
-from featlab.specs import RANDOM_WEIGHTS
-from featlab.svm import load_svm
+from featlab.core.errors import FeatlabError
+from featlab.detectors.modelfile import read_model_meta
+from featlab.detectors.svm import load_svm
+from featlab.features.specs import RANDOM_WEIGHTS
+from featlab.reports.report import SCHEMA, validate_report
 
 runner = CliRunner()
 
@@ -92,7 +92,7 @@ def test_wrong_backbone_model_refused(fitted, synth_root):
     work, _ = fitted
     invoke("extract", "--data", synth_root, "--backbone", "resnet34", "--weights", "none", "--precision", "fp32",
            "--workdir", work, "--no-progress")
-    from featlab.cache import select_cache
+    from featlab.features.cache import select_cache
 
     other = select_cache(work / "features", "resnet34")
     with pytest.raises(FeatlabError, match="fitted on features of resnet18.*differ in: backbone"):

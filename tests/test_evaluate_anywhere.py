@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featlab.cli import app
-from featlab.perturb import Perturbation, parse_levels
+from featlab.data.perturb import Perturbation, parse_levels
 
 from .conftest import REAL_SAMPLE, train_svm_and_cnn
 from .conftest import cli_ok as ok
@@ -90,16 +90,16 @@ def test_perturbations_are_deterministic_and_label_blind():
     ("noise", "abc", "is not a number"), ("sharpen", "1", "unknown perturbation"),
 ])
 def test_bad_perturbation_values(kind, text, match):
-    from featlab.errors import FeatlabError
+    from featlab.core.errors import FeatlabError
 
     with pytest.raises(FeatlabError, match=match.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         parse_levels(kind, text)
 
 
 def test_cache_keys_separate_perturbations():
-    from featlab.backbones import load_backbone
-    from featlab.cache import cache_key
-    from featlab.extract import Extractor
+    from featlab.features.backbones import load_backbone
+    from featlab.features.cache import cache_key
+    from featlab.features.extract import Extractor
 
     backbone = load_backbone("resnet18", "none")
     keys = {cache_key(Extractor(backbone, precision="fp32", perturbation=p).config) for p in
@@ -144,7 +144,7 @@ def test_robustness_bad_input_writes_nothing(trained, synth_root, tmp_path):
 
 
 def test_fit_svm_on_augmented_copies_extracts_them_once(trained):
-    from featlab.cache import find_caches
+    from featlab.features.cache import find_caches
 
     first = ok("fit-svm", "--pca", "8", "--C", "1", "--augment", "jpeg,blur", "--workdir", trained, "--name", "aug")
     meta = json.loads((trained / "models" / "aug" / "meta.json").read_text())

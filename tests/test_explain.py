@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from data_prep.synth import make_planted_dataset
 from featlab.cli import app
-from featlab.detector import load_detector
-from featlab.explain import explain_paths, occlusion_positions
-from featlab.specs import Preprocessing
+from featlab.detectors.detector import load_detector
+from featlab.evaluation.explain import explain_paths, occlusion_positions
+from featlab.features.specs import Preprocessing
 
 from .conftest import R18, cli_ok
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from featlab.backbones import load_backbone
-from featlab.cache import EmbeddingCache
-from featlab.data import scan_dataset
-from featlab.extract import Extractor, extract_dataset, extract_manifest
+from featlab.data.dataset import scan_dataset
+from featlab.features.backbones import load_backbone
+from featlab.features.cache import EmbeddingCache
+from featlab.features.extract import Extractor, extract_dataset, extract_manifest
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_shapes_order_labels_and_cache_hit(synth_root, tmp_path, extractor):
     assert X.shape == (32, 512) and X.dtype == np.float32
     assert list(y) == [1 if "/fake/" in p else 0 for p in index.path]
     # order: embedding i belongs to index row i (recompute two rows directly)
-    from featlab.data import load_rgb
+    from featlab.data.dataset import load_rgb
 
     prep = extractor.backbone.preprocessing
     direct = extractor(torch.stack([prep.to_uint8(load_rgb(p)) for p in index.path[:2]]))
@@ -87,9 +87,9 @@ def test_different_keys_never_mix(synth_root, tmp_path):
 KILLED_RUN = textwrap.dedent(
     """
     import sys
-    from featlab.backbones import load_backbone
-    from featlab.data import scan_dataset
-    from featlab.extract import Extractor, extract_manifest
+    from featlab.features.backbones import load_backbone
+    from featlab.data.dataset import scan_dataset
+    from featlab.features.extract import Extractor, extract_manifest
     ex = Extractor(load_backbone("resnet18", weights="none"), precision="fp32")
     extract_manifest(scan_dataset(sys.argv[1], check_images=False), ex, sys.argv[2], batch_size=2,
                      shard_size=2, num_workers=0, progress=False)

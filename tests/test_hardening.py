@@ -163,7 +163,7 @@ def test_skops_model_loads_without_any_pickle(fitted, monkeypatch):
 
     import joblib
 
-    from featlab.svm import load_svm
+    from featlab.detectors.svm import load_svm
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("pickle used")
@@ -181,7 +181,7 @@ def test_old_joblib_folder_needs_trust_pickle(fitted, tmp_path):
 
     import joblib
 
-    from featlab.svm import load_svm
+    from featlab.detectors.svm import load_svm
 
     old = _copy_model(fitted, tmp_path)
     pipeline = load_svm(old).pipeline
@@ -222,7 +222,7 @@ def test_bad_training_settings_and_resume_with_another_arch(synth_root, tmp_path
     base = ["--data", synth_root, "--image-size", "32", "--workdir", tmp_path / "w", "--no-progress"]
     fails_cleanly(run("train-cnn", "--arch", "custom", "--lr=-1", *base), "lr must be positive")
     fails_cleanly(run("train-cnn", "--arch", "vgg", *base), "arch must be one of")
-    from featlab.cnn import Augment, TrainConfig, train_cnn
+    from featlab.detectors.cnn import Augment, TrainConfig, train_cnn
 
     out = tmp_path / "run"
     config = TrainConfig(arch="custom", epochs=3, image_size=32, batch_size=16, augment=Augment(crop_scale=1.0))
@@ -232,7 +232,7 @@ def test_bad_training_settings_and_resume_with_another_arch(synth_root, tmp_path
 
 
 def test_interrupted_training_is_not_latest(synth_root, tmp_path):
-    from featlab.cnn import Augment, TrainConfig, train_cnn
+    from featlab.detectors.cnn import Augment, TrainConfig, train_cnn
 
     work = tmp_path / "w"
     config = TrainConfig(arch="custom", epochs=2, image_size=32, batch_size=16, augment=Augment(crop_scale=1.0))
@@ -249,7 +249,7 @@ def test_two_concurrent_extracts_on_one_workdir_store_each_image_once(synth_root
     import subprocess
     import sys
 
-    from featlab.cache import EmbeddingCache
+    from featlab.features.cache import EmbeddingCache
 
     work = tmp_path / "w"
     command = [sys.executable, "-m", "featlab", "extract", "--data", str(synth_root), *R18, "--workdir", str(work),

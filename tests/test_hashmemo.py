@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import featlab.data as data_module
-from featlab.data import scan_dataset
-from featlab.hashmemo import HashMemo
+import featlab.data.dataset as data_module
+from featlab.data.dataset import scan_dataset
+from featlab.data.hashmemo import HashMemo
 
 
 @pytest.fixture()
@@ -65,7 +65,7 @@ def test_changed_files_are_hashed_again_even_with_their_old_size_and_mtime(synth
 def test_a_kill_during_commit_leaves_the_memo_before_or_after_never_half(tmp_path):
     memo_file = tmp_path / "memo.sqlite"
     script = (
-        "import sys; from featlab.hashmemo import HashMemo\n"
+        "import sys; from featlab.data.hashmemo import HashMemo\n"
         "memo = HashMemo(sys.argv[1])\n"
         "for i in range(300_000): memo.remember(f'/x/{i}', (i, i, i, i), f'{i:064x}')\n"
         "print('committing', flush=True)\n"

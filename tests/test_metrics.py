@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from featlab.metrics import binary_metrics, equal_error_rate
+from featlab.core.metrics import binary_metrics, equal_error_rate
 
 
 def test_hand_computed_example():
@@ -56,7 +56,7 @@ def test_single_class_gives_undefined_ranking_metrics():
 
 
 def test_group_metrics_against_hand_computed_values():
-    from featlab.metrics import group_metrics
+    from featlab.core.metrics import group_metrics
 
     # images:     r1    r2    f1    f2    r3    f3 (easy)  f4 (hard)
     y = np.array([0, 0, 1, 1, 0, 1, 1])
@@ -83,7 +83,7 @@ def test_group_metrics_against_hand_computed_values():
 
 
 def test_best_threshold_accuracy_and_one_class_sets():
-    from featlab.metrics import best_threshold_accuracy
+    from featlab.core.metrics import best_threshold_accuracy
 
     y = np.array([0, 0, 1, 1, 0, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.6, 0.9])

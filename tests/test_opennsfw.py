@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from featlab import opennsfw
-from featlab.backbones import load_backbone
 from featlab.cli import app
+from featlab.features import opennsfw
+from featlab.features.backbones import load_backbone
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) provides the real photos")
 PHOTOS = ("chelsea", "coffee", "astronaut")

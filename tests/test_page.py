@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featlab.cli import app
-from featlab.page import overlay_curves, params_in_words, short_name, text_color
-from featlab.report import compare_reports, load_reports
+from featlab.reports.page import overlay_curves, params_in_words, short_name, text_color
+from featlab.reports.report import compare_reports, load_reports
 
 from .conftest import cli_ok as ok
 from .conftest import train_svm_and_cnn

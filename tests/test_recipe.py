@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from featlab import opennsfw
-from featlab.backbones import BACKBONES, load_backbone
-from featlab.cache import cache_key
-from featlab.errors import FeatlabError
-from featlab.extract import Extractor
-from featlab.recipe import CLASSIC, FeatureRecipe, LayerTap, default_recipe, parse_recipe, pool_map
+from featlab.core.errors import FeatlabError
+from featlab.features import opennsfw
+from featlab.features.backbones import BACKBONES, load_backbone
+from featlab.features.cache import cache_key
+from featlab.features.extract import Extractor
+from featlab.features.recipe import CLASSIC, FeatureRecipe, LayerTap, default_recipe, parse_recipe, pool_map
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -120,9 +120,9 @@ def test_opennsfw_multilayer_torch_matches_onnxruntime():
 def test_model_fitted_on_one_recipe_refuses_features_of_another(synth_root, tmp_path):
     from typer.testing import CliRunner
 
-    from featlab.cache import find_caches
     from featlab.cli import app
-    from featlab.svm import load_svm
+    from featlab.detectors.svm import load_svm
+    from featlab.features.cache import find_caches
 
     runner = CliRunner()
     work = tmp_path / "work"
@@ -141,8 +141,8 @@ def test_model_fitted_on_one_recipe_refuses_features_of_another(synth_root, tmp_
 def test_concatenated_caches_fit_evaluate_predict_and_refuse_single_features(synth_root, tmp_path):
     import json
 
-    from featlab.cache import find_caches
-    from featlab.svm import load_svm
+    from featlab.detectors.svm import load_svm
+    from featlab.features.cache import find_caches
 
     from .conftest import R18, REAL_SAMPLE
     from .conftest import cli_ok as ok

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featlab.errors import FeatlabError
-from featlab.svm import ALLOWED_NODES, TRUSTED_TYPES, _load_skops, _skops_nodes
+from featlab.core.errors import FeatlabError
+from featlab.detectors.svm import ALLOWED_NODES, TRUSTED_TYPES, _load_skops, _skops_nodes
 
 from .conftest import R18
 from .conftest import cli_ok as ok

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from featlab.autoencoder import AETrainConfig, load_ae, train_ae
-from featlab.unsupervised import ONECLASS, build_oneclass, cluster_scores, purity, run_clustering
+from featlab.analysis.clustering import cluster_scores, purity, run_clustering
+from featlab.detectors.autoencoder import AETrainConfig, load_ae, train_ae
+from featlab.detectors.oneclass import ONECLASS, build_oneclass
 
 from .conftest import R18, cli_ok
 

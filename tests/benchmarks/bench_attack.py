@@ -19,9 +19,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from featlab.attack import AttackSettings, run_attack  # noqa: E402
-from featlab.cnn import TrainConfig, train_cnn  # noqa: E402
-from featlab.versions import hardware  # noqa: E402
+from featlab.core.versions import hardware  # noqa: E402
+from featlab.detectors.cnn import TrainConfig, train_cnn  # noqa: E402
+from featlab.evaluation.attack import AttackSettings, run_attack  # noqa: E402
 
 QUALITY = REPO / "bench-out" / "quality"
 DATA = QUALITY / "faces" / "combined-real-vs-fake"

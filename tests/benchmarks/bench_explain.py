@@ -3,7 +3,7 @@
 The CIPLAB fakes ("Real and Fake Face Detection") are portraits with a left eye, right eye, nose
 and/or mouth pasted in by hand; the 4 digits of each file name flag which (``easy_1_1110``).
 For every test fake of the combined build, the heatmap's peak is placed on the original image
-(:attr:`featlab.explain.Explanation.peak`) and checked against a fixed face layout of the aligned
+(:attr:`featlab.evaluation.explain.Explanation.peak`) and checked against a fixed face layout of the aligned
 300 px portraits. "chance" is the share of the model's view the edited boxes cover (what a
 peak at a uniformly random place would score); "any part" counts a peak on any of the four
 boxes, edited or not, as a control: a map that finds the face but not the edit scores high
@@ -27,9 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from featlab.detector import load_detector  # noqa: E402
-from featlab.explain import explain_paths, write_gallery  # noqa: E402
-from featlab.versions import hardware  # noqa: E402
+from featlab.core.versions import hardware  # noqa: E402
+from featlab.detectors.detector import load_detector  # noqa: E402
+from featlab.evaluation.explain import explain_paths, write_gallery  # noqa: E402
 
 WORK = REPO / "bench-out" / "quality" / "featlab-work"
 DATA = REPO / "bench-out" / "quality" / "faces" / "combined-real-vs-fake"

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featlab.backbones import load_backbone
-from featlab.data import load_rgb, scan_dataset
-from featlab.extract import Extractor, extract_manifest
-from featlab.recipe import CLASSIC, default_recipe
+from featlab.data.dataset import load_rgb, scan_dataset
+from featlab.features.backbones import load_backbone
+from featlab.features.extract import Extractor, extract_manifest
+from featlab.features.recipe import CLASSIC, default_recipe
 
 
 def make_jpegs(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from featlab.classical import build_pipeline
+from featlab.detectors.classical import build_pipeline
 
 
 def make_embeddings(n: int, dim: int = 2048, seed: int = 0, direction_seed: int | None = None
@@ -67,8 +67,8 @@ def run_streaming(n: int, max_memory: str = "2GB", dim: int = 2048, chunk: int =
 
     import pandas as pd
 
-    from featlab.cache import EmbeddingCache
-    from featlab.streaming import parse_memory
+    from featlab.detectors.streaming import parse_memory
+    from featlab.features.cache import EmbeddingCache
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "work"

@@ -16,12 +16,13 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from featlab.autoencoder import AETrainConfig, train_ae  # noqa: E402
-from featlab.cache import EmbeddingCache  # noqa: E402
-from featlab.evaluate import evaluate_model  # noqa: E402
-from featlab.unsupervised import ONECLASS, cluster_dataset, fit_oneclass_from_cache  # noqa: E402
-from featlab.versions import hardware  # noqa: E402
-from featlab.workspace import Workspace  # noqa: E402
+from featlab.analysis.clustering import cluster_dataset  # noqa: E402
+from featlab.core.versions import hardware  # noqa: E402
+from featlab.core.workspace import Workspace  # noqa: E402
+from featlab.detectors.autoencoder import AETrainConfig, train_ae  # noqa: E402
+from featlab.detectors.oneclass import ONECLASS, fit_oneclass_from_cache  # noqa: E402
+from featlab.evaluation.evaluate import evaluate_model  # noqa: E402
+from featlab.features.cache import EmbeddingCache  # noqa: E402
 
 QUALITY = REPO / "bench-out" / "quality"
 DATA = QUALITY / "faces" / "combined-real-vs-fake"
@@ -68,7 +69,7 @@ def main() -> None:
 
     import json
 
-    from featlab.data import scan_dataset
+    from featlab.data.dataset import scan_dataset
 
     test = scan_dataset(DATA, check_images=False)
     test = test[test.split == "test"]

@@ -1,0 +1,410 @@
+"""Batched embedding extraction into the on-disk cache.
+
+Decoding and resizing run in DataLoader workers and yield uint8 tensors; normalisation,
+dtype conversion and the forward pass run on the device in batches under
+``torch.inference_mode`` with channels_last memory format. Only images whose content hash
+is not yet cached are computed, and results are committed in shards as they come, so a
+killed run loses at most one shard of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from featlab import __version__
+from featlab.core.errors import FeatlabError
+from featlab.core.versions import library_versions, utc_now
+from featlab.data.dataset import scan_dataset
+from featlab.data.perturb import Perturbation
+from featlab.features.backbones import Backbone, load_backbone, resolve_auto
+from featlab.features.cache import EmbeddingCache, dataset_tag
+from featlab.features.recipe import FeatureRecipe, LayerTap, default_recipe
+from featlab.features.runtime import (  # noqa: F401 - re-exported for callers of featlab.features.extract
+    PRECISIONS,
+    ImageTensors,
+    autocast_context,
+    collate_images,
+    cpu_supports_bf16,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+# -------------------------------------------------------------------------- model
+
+
+@dataclass
+class Extractor:
+    """A backbone ready to run: device, precision and engine resolved.
+
+    Parameters
+    ----------
+    backbone : the loaded backbone.
+    device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
+    engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
+        for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
+    recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.features.recipe`); the
+        dataclass default is the classic pooled embedding, while ``featlab extract`` and
+        :class:`featlab.DeepFeatures` use :func:`featlab.features.recipe.default_recipe`.
+    perturbation : applied to every image after decoding (robustness tests); part of the cache key.
+    """
+
+    backbone: Backbone
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "auto"
+    recipe: FeatureRecipe = field(default_factory=FeatureRecipe)
+    perturbation: Perturbation | None = None
+
+    def __post_init__(self) -> None:
+        self.recipe.validate(self.backbone.spec)
+        self.preprocessing = self.backbone.preprocessing.with_view(self.recipe.view)
+        self.torch_device = resolve_device(self.device)
+        if self.engine not in ENGINES:
+            raise FeatlabError(f"engine must be one of {', '.join(ENGINES)}")
+        if self.engine == "auto":
+            # onnxruntime fp32 measured faster than torch bf16 for this model on CPU (make bench)
+            ort_ok = self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]
+            self.engine = "onnxruntime" if ort_ok and self.torch_device.type == "cpu" and self.precision in (
+                "auto", "fp32") else "torch"
+        if self.engine == "onnxruntime":
+            if self.backbone.name != "resnet50-opennsfw" or not self.backbone.weights["pretrained"]:
+                raise FeatlabError("engine onnxruntime exists for backbone resnet50-opennsfw with its shipped weights")
+            if self.torch_device.type != "cpu":
+                raise FeatlabError("engine onnxruntime runs on the CPU only")
+            from featlab.features.opennsfw import OnnxRuntimeEmbedding
+
+            self.precision = "fp32"
+            self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=self.recipe)
+        else:
+            self.precision = resolve_precision(self.precision, self.torch_device)
+            model = self.backbone.model.to(self.torch_device, memory_format=torch.channels_last).eval()
+            self.model = model if self.recipe.is_classic else LayerTap(model, self.backbone.spec, self.recipe)
+
+    @property
+    def dim(self) -> int:
+        return self.recipe.dim(self.backbone.spec)
+
+    @property
+    def config(self) -> dict:
+        """What determines the numbers: the cache key's content."""
+        return {
+            "backbone": self.backbone.name,
+            "weights": self.backbone.weights["fingerprint"],
+            "preprocessing": self.preprocessing.as_dict(),
+            "recipe": self.recipe.as_dict(),
+            "precision": self.precision,
+            "engine": self.engine,
+            # only when set, so the clean cache keeps its key
+            **({"perturbation": self.perturbation.as_dict()} if self.perturbation and not self.perturbation.is_identity
+               else {}),
+        }
+
+    def __call__(self, batch_uint8: torch.Tensor) -> np.ndarray:
+        """uint8 (N, 3, H, W) -> float32 embeddings (N, dim)."""
+        batch = batch_uint8.to(self.torch_device, non_blocking=True)
+        batch = self.preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_context(self.precision, self.torch_device):
+            out = self.model(batch).float()
+            if self.recipe.flip:
+                out = (out + self.model(batch.flip(3)).float()) / 2
+        return out.cpu().numpy()
+
+
+# ---------------------------------------------------------------------- extraction
+
+
+@dataclass
+class ExtractionResult:
+    cache: EmbeddingCache
+    manifest: pd.DataFrame  # with status/reason updated by decoding
+    computed: int  # embeddings computed and stored by this run
+    failed: int  # images this run tried and could not decode (quarantined, remembered)
+    seconds: float
+    device: str
+    precision: str
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.computed + self.failed) / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def quarantined(self) -> pd.DataFrame:
+        return self.manifest[self.manifest.status != "ok"]
+
+
+def extract_manifest(
+    manifest: pd.DataFrame,
+    extractor: Extractor,
+    features_dir: str | os.PathLike,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    shard_size: int = 512,
+    progress: bool = True,
+    data_root: str = "",
+    write_index: bool = True,
+    ray: str | None = None,
+) -> ExtractionResult:
+    """Embed every usable image of ``manifest`` that the cache does not hold yet.
+
+    Parameters
+    ----------
+    manifest : from :func:`featlab.data.dataset.scan_dataset` or :func:`featlab.data.dataset.scan_images`.
+    extractor : the prepared model.
+    features_dir : the workspace's ``features/`` folder.
+    batch_size : images per forward pass.
+    num_workers : DataLoader decoding processes (default: see :func:`default_workers`).
+    shard_size : images per committed shard (what a killed run can lose at most).
+    progress : show a tqdm bar with images/s.
+    data_root : recorded in the cache's meta.json.
+    write_index : make this manifest the cache's dataset (``index.csv``); off for prediction.
+    ray : run decoding and the model on Ray Data (:mod:`featlab.features.distributed`): ``"local"`` starts a local
+        cluster, ``"auto"`` joins the running one, anything else is a cluster address. Results are
+        committed into the same cache, shard by shard.
+
+    Returns
+    -------
+    ExtractionResult; the cache's ``index.csv`` is rewritten for this manifest.
+    """
+    if batch_size < 1:
+        raise FeatlabError("batch_size must be at least 1")
+    cache = EmbeddingCache.create(
+        features_dir,
+        extractor.backbone.name,
+        extractor.config,
+        extra_meta={
+            "embed_dim": extractor.dim,
+            "backbone_parameters": sum(p.numel() for p in extractor.backbone.model.parameters()),
+            "backbone_bytes": _file_size(extractor.backbone.weights.get("file")),
+            "weights_info": extractor.backbone.weights,
+            "versions": library_versions(),
+            "created": utc_now(),
+            "featlab": __version__,
+        },
+    )
+    return _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
+                    ray)
+
+
+def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
+             ray=None):
+    manifest = manifest.copy()
+    with cache.writer_lock():
+        cache.clean_orphans()  # safe under the lock: writers hold it while they write a shard
+    cache.refresh()  # another process may have added shards since this cache was opened
+    known_bad = cache.failures()
+    todo = manifest[(manifest.status == "ok") & ~manifest.sha256.isin(known_bad)]
+    todo = todo[np.array([h not in cache for h in todo.sha256], dtype=bool)].drop_duplicates("sha256")
+    paths, hashes = list(todo.path), list(todo.sha256)
+
+    started = time.perf_counter()
+    failed_now = 0
+    if paths and ray is not None:
+        from featlab.features.distributed import compute_with_ray
+
+        failed_now = compute_with_ray(paths, hashes, extractor, cache, shard_size, ray, batch_size, progress,
+                                      build=extractor_from_config)
+    elif paths:
+        workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
+        loader = DataLoader(
+            ImageTensors(paths, extractor.preprocessing, extractor.perturbation),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_images,
+            pin_memory=extractor.torch_device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+        bar = _progress(len(paths), extractor.backbone.name, progress)
+        pending_hashes: list[str] = []
+        pending: list[np.ndarray] = []
+        failures: list[dict] = []
+        for indices, batch, reasons in loader:
+            good = [k for k, r in enumerate(reasons) if not r]
+            for k, reason in enumerate(reasons):
+                if reason:
+                    i = int(indices[k])
+                    failures.append({"sha256": hashes[i], "path": paths[i], "reason": reason})
+                    failed_now += 1
+            if good:
+                pending.append(extractor(batch[good]))
+                pending_hashes.extend(hashes[int(indices[k])] for k in good)
+            if len(pending_hashes) >= shard_size:
+                cache.add(pending_hashes, np.concatenate(pending))
+                cache.record_failures(failures)
+                pending_hashes, pending, failures = [], [], []
+            bar.update(len(reasons))
+        if pending_hashes:
+            cache.add(pending_hashes, np.concatenate(pending))
+        cache.record_failures(failures)
+        bar.close()
+    seconds = time.perf_counter() - started
+
+    bad = cache.failures()
+    failed = manifest.sha256.isin(bad) & (manifest.status == "ok")
+    manifest.loc[failed, "status"] = "quarantined"
+    manifest.loc[failed, "reason"] = manifest.loc[failed, "sha256"].map(bad)
+    if paths:
+        cache.update_meta(extract_images_per_s=len(paths) / seconds, extract_device=str(extractor.torch_device))
+    if write_index:
+        cache.write_index(manifest)  # the latest dataset (what fit-svm trains on next)
+        if data_root:  # and this dataset's own index, which later extractions of other data never replace
+            cache.write_index(manifest, name=dataset_tag(data_root))
+        cache.update_meta(data_root=data_root, last_run=utc_now())
+    return ExtractionResult(
+        cache=cache,
+        manifest=manifest,
+        computed=len(paths) - failed_now,
+        failed=failed_now,
+        seconds=seconds,
+        device=str(extractor.torch_device),
+        precision=extractor.precision,
+    )
+
+
+def weights_argument(weights_info: dict) -> str:
+    """The ``weights`` value that reproduces a recorded weights source."""
+    from featlab.features.specs import RANDOM_WEIGHTS
+
+    source = weights_info.get("source", "")
+    if source == RANDOM_WEIGHTS:
+        return "none"
+    if source.startswith("file:"):
+        return source.removeprefix("file:")
+    return "default"
+
+
+def extractor_from_config(config: dict, weights_info: dict, device: str = "auto",
+                          perturbation: Perturbation | None = None) -> Extractor:
+    """Rebuild the extractor a cache (or a model fitted on it) was made with, optionally perturbing images."""
+    backbone = load_backbone(config["backbone"], weights_argument(weights_info))
+    return Extractor(backbone, device=device, precision=config["precision"], engine=config["engine"],
+                     recipe=FeatureRecipe.from_dict(config.get("recipe")), perturbation=perturbation)
+
+
+def embed(
+    manifest: pd.DataFrame, config: dict, weights_info: dict, features_dir: str | os.PathLike, device: str = "auto",
+    perturbation: Perturbation | None = None, batch_size: int = 32, progress: bool = False,
+    write_index: bool = False, data_root: str = "", ray: str | None = None,
+) -> ExtractionResult:
+    """Embeddings of a manifest for a recorded feature config: one extractor, or the concatenation of
+    several caches' features (``featlab fit-svm --features A,B``; see :func:`concat_results`).
+    ``ray``: extract on Ray Data (see :func:`extract_manifest`)."""
+    if "concat" not in config:
+        extractor = extractor_from_config(config, weights_info, device, perturbation)
+        return extract_manifest(manifest, extractor, features_dir, batch_size=batch_size, progress=progress,
+                                write_index=write_index, data_root=data_root, ray=ray)
+    parts = [embed(manifest, part["config"], part["weights_info"], features_dir, device, perturbation, batch_size,
+                   progress, ray=ray) for part in weights_info["parts"]]
+    return concat_results(parts, features_dir, write_index=write_index, data_root=data_root)
+
+
+def concat_results(parts: list[ExtractionResult], features_dir: str | os.PathLike, write_index: bool = False,
+                   data_root: str = "") -> ExtractionResult:
+    """One cache holding, per image, the concatenation of the parts' embeddings (in order).
+
+    Its config names every part's config, so it has its own key; an image is usable only when
+    every part could embed it.
+    """
+    metas = [p.cache.meta for p in parts]
+    config = {"backbone": "+".join(m["config"]["backbone"] for m in metas), "concat": [m["config"] for m in metas]}
+    weights_info = {
+        "source": " + ".join(m["weights_info"]["source"] for m in metas),
+        "fingerprint": "+".join(str(m["weights_info"].get("fingerprint")) for m in metas),
+        "pretrained": all(m["weights_info"].get("pretrained") for m in metas),
+        "file": None,
+        "parts": [{"config": m["config"], "weights_info": m["weights_info"], "cache": p.cache.folder.name}
+                  for m, p in zip(metas, parts)],
+    }
+    cache = EmbeddingCache.create(features_dir, "concat", config, extra_meta={
+        "embed_dim": sum(int(m["embed_dim"]) for m in metas), "weights_info": weights_info,
+        "backbone_parameters": sum(int(m.get("backbone_parameters") or 0) for m in metas),
+        "backbone_bytes": sum(int(m.get("backbone_bytes") or 0) for m in metas),
+        "versions": library_versions(), "created": utc_now(), "featlab": __version__,
+    })
+    manifest = parts[0].manifest.copy()
+    for other in parts[1:]:
+        bad = other.manifest.set_index("path").status.reindex(manifest.path).to_numpy() != "ok"
+        manifest.loc[bad & (manifest.status == "ok").to_numpy(), ["status", "reason"]] = ["quarantined",
+                                                                                         "not embedded by every part"]
+    with cache.writer_lock():
+        cache.refresh()
+        usable = list(dict.fromkeys(manifest.sha256[manifest.status == "ok"]))
+        todo = [h for h in usable if h not in cache]
+        if todo:
+            cache.add(todo, np.hstack([p.cache.get(todo) for p in parts]))
+    if write_index:
+        cache.write_index(manifest)
+        if data_root:
+            cache.write_index(manifest, name=dataset_tag(data_root))
+        cache.update_meta(data_root=data_root, last_run=utc_now())
+    return ExtractionResult(cache=cache, manifest=manifest, computed=sum(p.computed for p in parts),
+                            failed=sum(p.failed for p in parts), seconds=sum(p.seconds for p in parts),
+                            device=parts[0].device, precision="+".join(p.precision for p in parts))
+
+
+def _file_size(path: str | None) -> int | None:
+    return os.path.getsize(path) if path and os.path.isfile(path) else None
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"extract {name}", unit="img", disable=not enabled, leave=False, smoothing=0.1)
+
+
+def extract_dataset(
+    root: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    backbone: str = "auto",
+    weights: str = "default",
+    device: str = "auto",
+    precision: str = "auto",
+    engine: str = "auto",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = True,
+    recipe: FeatureRecipe | None = None,
+    shard_size: int = 512,
+    hash_memo: str | os.PathLike | None = None,
+    ray: str | None = None,
+) -> ExtractionResult:
+    """Scan ``root`` (see :mod:`featlab.data.dataset`) and extract every split into the cache.
+
+    ``recipe`` defaults to :func:`featlab.features.recipe.default_recipe` for the backbone. ``hash_memo`` (an
+    SQLite file, :class:`featlab.data.hashmemo.HashMemo`) skips hashing files whose stat is unchanged.
+    """
+    from featlab.data.hashmemo import HashMemo
+
+    name, reason = resolve_auto(backbone)
+    if reason:
+        log.warning("backbone auto: %s", reason)
+    manifest = scan_dataset(root, check_images=False, memo=HashMemo(hash_memo) if hash_memo else None)
+    loaded = load_backbone(name, weights)
+    recipe = recipe or default_recipe(loaded.spec)
+    extractor = Extractor(loaded, device=device, precision=precision, engine=engine, recipe=recipe)
+    return extract_manifest(
+        manifest,
+        extractor,
+        features_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard_size=shard_size,
+        progress=progress,
+        data_root=str(os.path.abspath(root)),
+        ray=ray,
+    )
