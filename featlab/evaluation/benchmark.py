@@ -277,7 +277,8 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
         "",
         "## Data",
         "",
-        f"Root `{data['root']}`; quarantined files: {data['quarantined']}.",
+        # the dataset folder's name: the path of the machine that ran it means nothing to a reader
+        f"Dataset folder `{Path(str(data['root'])).name}`; quarantined files: {data['quarantined']}.",
         "",
         "| split | real | fake |",
         "|---|---|---|",

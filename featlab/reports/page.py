@@ -136,7 +136,7 @@ def overlay_curves(reports: list[dict], export: Export = None) -> tuple[str, int
 
 
 def cost_scatter(table: pd.DataFrame, export: Export = None) -> str:
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plt = _style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -151,9 +151,16 @@ def cost_scatter(table: pd.DataFrame, export: Export = None) -> str:
             ax.scatter([value], [row["roc_auc"]], color=plt.cm.tab10(k % 10), marker=marker, s=45,
                        label=f"{short_name(row['model'], everyone)} ({row['kind']})")
         ax.set_xscale("log")
-        # decades only: minor-tick labels on a log axis overlap when the values span little
-        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        # matplotlib's minor-tick labels on a log axis overlap when the values span little: label 1-2-5 steps
+        # within two decades, whole decades beyond, nothing in between
+        values = pd.to_numeric(table[column], errors="coerce")
+        values = values[values > 0]
+        narrow = len(values) == 0 or values.max() / values.min() < 100
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,), numticks=12))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(values):
+            ax.set_xlim(values.min() / 1.6, values.max() * 1.6)
         ax.set(xlabel=label, ylabel="test ROC-AUC", title=f"ROC-AUC vs {column.split()[0]} cost")
     axes[1].legend(loc="best", fontsize=7)
     return _png(fig, "cost", export)
@@ -210,7 +217,7 @@ def summary_lines(reports: list[dict], table: pd.DataFrame) -> list[str]:
             best.append(f"{column}: {table.loc[i, 'model']}")
     n = int(data.get("n_images") or 0)
     small = (f" Small sample: n = {n}; one image moves accuracy by {1 / n:.3f}, so small differences between "
-             "models are noise (see the ROC-AUC intervals)." if 0 < n < SMALL_SPLIT else "")
+             "models are noise." if 0 < n < SMALL_SPLIT else "")
     lines = [
         # the folder's name, not the path of the machine that made the report
         f"Data: {Path(str(data['root'])).name}, split {data['split']}: {n} images ({data.get('n_real', '?')} real, "
