@@ -48,3 +48,12 @@ def train_svm_and_cnn(work: Path, data: Path, svm_name: str, c_grid: str) -> Pat
     cli_ok("train-cnn", "--arch", "custom", "--data", data, "--image-size", "32", "--epochs", "1",
            "--out", work / "models" / "cnn", "--workdir", work, "--no-progress")
     return work
+
+
+@pytest.fixture(scope="module")
+def fitted(synth_root, tmp_path_factory) -> Path:
+    """A work folder with random-weights resnet18 features of the SYNTHETIC set and an SVM named ``svm``."""
+    work = tmp_path_factory.mktemp("work")
+    cli_ok("extract", "--data", synth_root, *R18, "--workdir", work)
+    cli_ok("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "svm")
+    return work

@@ -40,14 +40,6 @@ def fails_cleanly(result, match: str, code: int = 1) -> None:
     assert len(errors) == 1 and match in errors[0], result.output
 
 
-@pytest.fixture(scope="module")
-def fitted(synth_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("work")
-    ok("extract", "--data", synth_root, *R18, "--workdir", work)
-    ok("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "svm")
-    return work
-
-
 # ------------------------------------------------------------------ unreadable and known-bad files
 
 

@@ -21,17 +21,7 @@ from hypothesis import strategies as st
 from featlab.core.errors import FeatlabError
 from featlab.detectors.svm import ALLOWED_NODES, TRUSTED_TYPES, _load_skops, _skops_nodes
 
-from .conftest import R18
-from .conftest import cli_ok as ok
 from .test_hardening import fails_cleanly, run
-
-
-@pytest.fixture(scope="module")
-def fitted(synth_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("work")
-    ok("extract", "--data", synth_root, *R18, "--workdir", work)
-    ok("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "svm")
-    return work
 
 
 def _json(value) -> dict:
