@@ -215,6 +215,13 @@ def test_a_garbage_cache_meta_is_one_line(trained, synth_root, tmp_path):
     assert tree_digest(work) == before
 
 
+def test_a_crafted_deeply_nested_meta_json_is_one_line(trained, tmp_path):
+    folder = tmp_path / "svm"
+    shutil.copytree(trained / "models" / "svm", folder)
+    (folder / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    fails_cleanly(run("predict", folder, REAL_SAMPLE / "test" / "real", "--workdir", trained), "nested too deeply")
+
+
 def test_ray_auto_without_a_cluster_names_what_it_tried(synth_root, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     import featlab.features.distributed

@@ -123,6 +123,8 @@ def read_model_meta(folder: str | os.PathLike) -> dict:
         meta = read_json(path)
     except (OSError, UnicodeDecodeError) as error:
         raise FeatlabError(f"cannot read {path}: {error.strerror if isinstance(error, OSError) else error}") from None
+    except RecursionError:  # a crafted file nested beyond what a parser should follow
+        raise FeatlabError(f"{path} is nested too deeply to be a featlab meta.json; refusing the folder") from None
     except json.JSONDecodeError as error:
         raise FeatlabError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); refusing the folder") from None
     if not isinstance(meta, dict):

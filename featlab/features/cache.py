@@ -91,7 +91,7 @@ class EmbeddingCache:
             raise FeatlabError(f"{self.folder} is not a featlab embedding cache (no meta.json)")
         try:
             meta = read_json(path)
-        except (OSError, UnicodeDecodeError, ValueError) as error:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
             raise FeatlabError(f"{path} is not readable JSON ({type(error).__name__}); remove the folder "
                                f"{self.folder.name} and run featlab extract again") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("key"), str) or not isinstance(meta.get("config"), dict):
