@@ -40,19 +40,17 @@ def finite_number(text: str | float, name: str) -> float:
     return value
 
 
-def existing_dir(path: str | os.PathLike, what: str = "dataset folder") -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FeatlabError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise FeatlabError(f"{what} {path} is not a folder")
-    return path
-
-
 def existing_path(path: str | os.PathLike, what: str = "image file or folder") -> Path:
     path = Path(path)
     if not path.exists():
         raise FeatlabError(f"{what} not found: {path}")
+    return path
+
+
+def existing_dir(path: str | os.PathLike, what: str = "dataset folder") -> Path:
+    path = existing_path(path, what)
+    if not path.is_dir():
+        raise FeatlabError(f"{what} {path} is not a folder")
     return path
 
 

@@ -250,12 +250,7 @@ def _skops_nodes(data: bytes) -> set[tuple[str, str]]:
     return found
 
 
-def _skops_types(data: bytes) -> set[str]:
-    """Every ``module.Class`` named in a skops file's schema (read without loading anything)."""
-    return {name for _, name in _skops_nodes(data)}
-
-
-def _load_skops(artifact: Path, data: bytes | None = None) -> tuple[Pipeline, str | None]:
+def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
     """Load a featlab skops file after checking that it names only :data:`ALLOWED_NODES`.
 
     Two independent checks run before any object is built: our own walk of the schema (every node's loader
@@ -265,7 +260,7 @@ def _load_skops(artifact: Path, data: bytes | None = None) -> tuple[Pipeline, st
 
     import skops.io
 
-    data = artifact.read_bytes() if data is None else data
+    data = artifact.read_bytes()
     try:
         nodes = _skops_nodes(data)
     except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as error:

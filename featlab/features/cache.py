@@ -347,15 +347,20 @@ def select_cache(features_dir: str | os.PathLike, backbone: str | None = None) -
     return caches[0]
 
 
+def _npy_header(handle) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, offset of the data) of an open ``.npy`` file, reading only its header."""
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(handle)
+    return shape, fortran_order, dtype, handle.tell()
+
+
 def _shard_problem(array_file: Path, hashes: list[str]) -> str:
     """Why a committed shard cannot be trusted, or "" (reads the array's header and size, not its data)."""
     try:
         size = array_file.stat().st_size
         with open(array_file, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read(handle)
-            header = handle.tell()
+            shape, fortran_order, dtype, header = _npy_header(handle)
     except FileNotFoundError:
         return "its array file is missing"
     except (OSError, ValueError) as error:
@@ -384,12 +389,9 @@ _HAS_PREADV = hasattr(os, "preadv")
 def _read_rows(array_file: Path, targets: list[int], rows: list[int], n: int, out: np.ndarray | None) -> np.ndarray:
     """``out[targets[i]] = shard[rows[i]]`` read with ``pread`` (no memory map); ``out`` made on first use."""
     with open(array_file, "rb", buffering=0) as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
+        shape, fortran_order, dtype, start = _npy_header(handle)
         if fortran_order or dtype != np.float32 or len(shape) != 2:
             raise FeatlabError(f"shard {array_file.name}: expected a C-ordered float32 matrix, found {dtype} {shape}")
-        start = handle.tell()
         if out is None:
             out = np.empty((n, shape[1]), dtype=np.float32)
         row_bytes = shape[1] * 4
