@@ -32,7 +32,8 @@ def render() -> str:
         doc = inspect.getdoc(obj) or ""
         parts.append(doc.strip() + "\n")
         if inspect.isclass(obj):
-            for method in ("fit", "transform", "predict", "predict_proba", "decision_function", "score"):
+            for method in ("fit", "transform", "predict", "predict_proba", "decision_function", "score", "score_paths",
+                           "split_scores", "differentiable", "describe", "costs", "labels"):
                 member = obj.__dict__.get(method)
                 if member is not None and inspect.getdoc(member):
                     parts.append(f"- `{method}{_signature(member)}`: {inspect.getdoc(member).splitlines()[0]}")

@@ -6,7 +6,8 @@ and by ``tests/test_architecture.py``, which also refuses any import circle)::
     cli          the thin typer command line
     evaluation   evaluate / predict, robustness, attack, explain, benchmark, estimators   | analysis: clustering
     reports      the JSON report schema, tables, plots, the comparison page
-    detectors    model folders: SVM, one-class, CNN, autoencoder, the pixel-level detector, attacks
+    detectors    model folders and the one loaded-model object (featlab.load -> Detector, a loader per kind):
+                 SVM, one-class, CNN, autoencoder, their torch copies, attacks
     features     backbone registry, preprocessing, recipes, the embedding cache, extraction (local, Ray)
     data         datasets and manifests, groups, perturbations, the hash memo
     core         errors, file helpers, versions, the work folder, early checks, metrics
@@ -22,6 +23,9 @@ CLASS_NAMES: tuple[str, ...] = ("real", "fake")
 
 #: The public Python API (imported on first use, so ``import featlab`` stays light).
 _PUBLIC = {
+    "load": "featlab.detectors.base",
+    "Detector": "featlab.detectors.base",
+    "register_kind": "featlab.detectors.base",
     "DeepFeatures": "featlab.evaluation.estimators",
     "CNNClassifier": "featlab.evaluation.estimators",
     "SavedModel": "featlab.evaluation.estimators",
@@ -41,14 +45,15 @@ _PUBLIC = {
     "fit_svm": "featlab.detectors.classical",
     "build_pipeline": "featlab.detectors.classical",
     "train_cnn": "featlab.detectors.cnn",
-    "TrainConfig": "featlab.detectors.cnn",
+    "TrainConfig": "featlab.detectors.configs",
+    "SVMFitConfig": "featlab.detectors.configs",
     "load_detector": "featlab.detectors.detector",
     "explain_paths": "featlab.evaluation.explain",
     "AttackSettings": "featlab.evaluation.attack",
     "run_attack": "featlab.evaluation.attack",
     "cluster_dataset": "featlab.analysis.clustering",
     "fit_oneclass_from_cache": "featlab.detectors.oneclass",
-    "AETrainConfig": "featlab.detectors.autoencoder",
+    "AETrainConfig": "featlab.detectors.configs",
     "train_ae": "featlab.detectors.autoencoder",
 }
 __all__ = ["CLASS_NAMES", "LABELS", "__version__", *_PUBLIC]

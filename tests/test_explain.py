@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 import subprocess
 import warnings
@@ -61,7 +60,9 @@ def _randomised(detector, seed: int = 1):
         with torch.no_grad():
             return module(batch.float()).double().numpy()
 
-    return dataclasses.replace(detector, _score=score, _differentiable=module)
+    twin = copy.copy(detector)  # shares everything but the network(s): its score and its gradients
+    twin.score, twin._differentiable = score, module
+    return twin
 
 
 def _mean_rank_correlation(a, b) -> float:

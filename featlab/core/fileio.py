@@ -87,15 +87,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(handle)
 
 
-def load_tensor_file(path: str | os.PathLike, what: str = "a torch checkpoint", map_location="cpu"):
+def load_tensor_file(path: str | os.PathLike, what: str = "a torch checkpoint", map_location="cpu",
+                     data: bytes | None = None):
     """``torch.load(weights_only=True)``: tensors and plain data only, never code. A file holding anything else
-    (a pickled object, a payload) or not a torch file at all is refused in one line."""
+    (a pickled object, a payload) or not a torch file at all is refused in one line. ``data``: the file's bytes,
+    already read (and hash-checked) by the caller; ``path`` then only names it in messages."""
+    import io
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location=map_location,
+                          weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:160]
         if "Weights only load failed" not in str(error) or "Unsupported operand" in detail:  # junk, not a pickle

@@ -345,3 +345,13 @@ def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
     bad = manifest[manifest.status != "ok"].groupby("split").size()
     table["quarantined"] = bad.reindex(table.index, fill_value=0)
     return table
+
+
+def evaluation_split(manifest: pd.DataFrame, split: str, root) -> str:
+    """The split to score: ``split`` itself, or ``all`` for an unsplit dataset folder."""
+    splits = set(manifest.split)
+    if split in splits:
+        return split
+    if splits == {"all"}:
+        return "all"
+    raise FeatlabError(f"{root}: no split {split!r} (has {', '.join(sorted(splits))})")

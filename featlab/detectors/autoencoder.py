@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from featlab.core.errors import FeatlabError
 from featlab.core.fileio import atomic_write, atomic_write_text, load_tensor_file
 from featlab.core.versions import library_versions, utc_now
 from featlab.data.dataset import scan_dataset
+from featlab.detectors.configs import AETrainConfig  # noqa: F401 - re-exported
 from featlab.detectors.modelfile import check_sealed, save_model_folder, update_model_meta, verified_artifact
 from featlab.features.runtime import ImageTensors, collate_images, resolve_device
 from featlab.features.specs import Preprocessing
@@ -89,21 +90,6 @@ class AnomalyScore(nn.Module):
         return (reconstruction_error(self.model, x) - self.threshold).view(-1, 1)
 
 
-@dataclass
-class AETrainConfig:
-    """Settings of one ``featlab train-ae`` run; all recorded in the model folder."""
-
-    image_size: int = 64
-    latent_dim: int = 128
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    real_only: bool = False
-    seed: int = 0
-    device: str = "auto"
-
-
 def _decode_all(paths: list[str], prep: Preprocessing) -> tuple[torch.Tensor, list[int]]:
     """Every image as uint8 in memory (64 px: 12 KB each), and the indices that decoded."""
     batches, kept = [], []
@@ -129,8 +115,7 @@ def train_ae(config: AETrainConfig, data_root: str | os.PathLike, out: str | os.
              echo: Callable[[str], None] | None = print) -> Path:
     """Train (or resume) the autoencoder; returns the model folder. ``stop_after`` ends early (resume tests);
     ``echo`` receives one summary line per epoch (None: silent)."""
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise FeatlabError("epochs, batch size and lr must be positive")
+    AETrainConfig.__post_init__(config)  # again: a config may have been changed after it was made
     out = Path(out)
     state_file = out / "train" / "last.pt"
     if (out / "meta.json").exists() and state_file.exists() and not resume:
@@ -228,12 +213,13 @@ def _write_history(out: Path, history: list[dict], train_seconds: float) -> None
     plt.close(fig)
 
 
-def load_ae(folder: str | os.PathLike, device: str = "auto") -> tuple[ConvAutoencoder, Preprocessing, dict, torch.device]:
-    """The verified autoencoder of a model folder (weights_only, hash- and seal-checked)."""
-    artifact, meta = verified_artifact(folder)
+def load_ae(folder: str | os.PathLike, device: str = "auto",
+            meta: dict | None = None) -> tuple[ConvAutoencoder, Preprocessing, dict, torch.device]:
+    """The verified autoencoder of a model folder (weights_only, hash- and seal-checked; read once)."""
+    artifact, meta, data = verified_artifact(folder, meta)
     if meta.get("kind") != "ae":
         raise FeatlabError(f"{folder} is not an autoencoder model folder")
-    payload = load_tensor_file(artifact, "an autoencoder checkpoint")
+    payload = load_tensor_file(artifact, "an autoencoder checkpoint", data=data)
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
         raise FeatlabError(f"{artifact} is not a featlab autoencoder checkpoint")
     check_sealed(folder, meta, payload.get("featlab_meta"))
@@ -245,9 +231,10 @@ def load_ae(folder: str | os.PathLike, device: str = "auto") -> tuple[ConvAutoen
     return model.to(torch_device).eval(), prep, meta, torch_device
 
 
-def load_anomaly_scorer(folder, device: str = "auto") -> tuple[AnomalyScore, Preprocessing, dict, torch.device]:
+def load_anomaly_scorer(folder, device: str = "auto",
+                        meta: dict | None = None) -> tuple[AnomalyScore, Preprocessing, dict, torch.device]:
     """As :func:`featlab.detectors.cnn.load_cnn`, for an autoencoder: the network outputs the one-class "fake" score."""
-    model, prep, meta, torch_device = load_ae(folder, device)
+    model, prep, meta, torch_device = load_ae(folder, device, meta)
     return AnomalyScore(model, float(meta["threshold"])).eval(), prep, meta, torch_device
 
 

@@ -94,19 +94,29 @@ def build_pipeline(
     return Pipeline([("scale", StandardScaler()), ("pca", reducer), *steps])
 
 
+def score_rule(pipeline: Pipeline) -> tuple[float, str]:
+    """(threshold, score kind) of a fitted pipeline: what its scores mean and where "fake" starts."""
+    if is_outlier_detector(pipeline):
+        return 0.0, "anomaly"  # minus the estimator's decision value: its own contamination threshold at 0
+    if _has_proba(pipeline):
+        return 0.5, "p_fake"
+    return 0.0, "decision"
+
+
 def scores(pipeline: Pipeline, X: np.ndarray) -> tuple[np.ndarray, float, str]:
     """(score per image, threshold, kind): p(fake) with 0.5 when calibrated, the anomaly (minus the
     decision value, threshold 0) for a one-class detector, else the SVM decision value with 0."""
-    if is_outlier_detector(pipeline):
-        return -pipeline.decision_function(X), 0.0, "anomaly"
-    if _has_proba(pipeline):
-        return pipeline.predict_proba(X)[:, 1], 0.5, "p_fake"
-    return pipeline.decision_function(X), 0.0, "decision"
+    threshold, kind = score_rule(pipeline)
+    if kind == "anomaly":
+        return -pipeline.decision_function(X), threshold, kind
+    if kind == "p_fake":
+        return pipeline.predict_proba(X)[:, 1], threshold, kind
+    return pipeline.decision_function(X), threshold, kind
 
 
 def decision_threshold(pipeline: Pipeline) -> float:
     """Score at and above which an image is called fake: 0.5 for a calibrated p(fake), else 0."""
-    return 0.5 if _has_proba(pipeline) else 0.0
+    return score_rule(pipeline)[0]
 
 
 def is_outlier_detector(pipeline: Pipeline) -> bool:
@@ -130,6 +140,7 @@ class FitResult:
     fit_seconds: float  # final refit on train
     search_seconds: float
     notes: list[str] = field(default_factory=list)  # adjustments made to the request (e.g. PCA capped)
+    meta: dict | None = None  # the saved model folder's meta.json, once it is written
 
 
 def fit_svm(

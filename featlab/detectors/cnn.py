@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,14 @@ from featlab.core.metrics import binary_metrics
 from featlab.core.versions import library_versions, utc_now
 from featlab.data.dataset import load_rgb, scan_dataset
 from featlab.data.perturb import Perturbation
+from featlab.detectors.configs import ARCHS, Augment, TrainConfig  # noqa: F401 - re-exported
 from featlab.detectors.modelfile import (
     check_sealed,
     save_model_folder,
     update_model_meta,
     verified_artifact,
 )
-from featlab.features.backbones import BACKBONES, load_backbone
+from featlab.features.backbones import BACKBONES, load_backbone, resolve_auto
 from featlab.features.recipe import LayerTap, parse_recipe
 from featlab.features.runtime import (
     ImageTensors,
@@ -61,7 +62,6 @@ from featlab.features.specs import Preprocessing
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "resnet50", "densenet121", "resnet50-opennsfw", "custom")
 ARTIFACT = "model.pt"
 
 
@@ -140,15 +140,6 @@ def default_view(arch: str) -> str:
 # ------------------------------------------------------------------------ data
 
 
-@dataclass(frozen=True)
-class Augment:
-    flip: bool = True
-    crop_scale: float = 0.85  # random crop keeps at least this fraction of the side (1 = off)
-    color_jitter: float = 0.1  # brightness/contrast/saturation +- fraction (0 = off)
-    jpeg_prob: float = 0.0  # CNNDetection-style JPEG re-compression (quality 30-100)
-    blur_prob: float = 0.0  # CNNDetection-style Gaussian blur (sigma 0-3)
-
-
 class TrainImages(Dataset):
     """Decoded, augmented uint8 tensors; randomness from a per-item seed for exact resume."""
 
@@ -193,45 +184,6 @@ class TrainImages(Dataset):
 
 
 # -------------------------------------------------------------------- training
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one CNN training run (``featlab train-cnn``); every field is recorded in the model folder.
-
-    The defaults are the recipe measured on the real faces (README, "CNN baselines"): two head-only
-    epochs, then per-tensor relative steps for the pretrained layers (``backbone_lr_scale``), warm-up,
-    gradient clipping, a head on the mid-level stages (``head_layers="auto"``), native-pixel view.
-    """
-
-    arch: str = "custom"
-    weights: str = "default"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    freeze_epochs: int = 2
-    image_size: int | None = None
-    precision: str = "fp32"
-    patience: int = 3
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    augment: Augment = field(default_factory=Augment)
-    view: str | None = None  # None: default_view(arch)
-    # Pretrained layers take steps relative to their own size: each weight tensor's learning rate is
-    # backbone_lr_scale x its RMS magnitude at the start (a LARS-style trust ratio), the new head's is lr.
-    backbone_lr_scale: float = 1e-3
-    clip_grad: float | None = 1.0  # max gradient norm (None: off)
-    warmup_steps: int = 50  # linear warm-up after the backbone is unfrozen (0: off)
-    head_layers: str = "auto"  # what the head sees: pool, auto (the SVM's default stages) or stage names
-    # Madry-style adversarial training: each batch is doubled with its L-inf adversarial copies
-    # (pixel space, uint8; featlab.detectors.adversarial), so the loss is half clean, half adversarial.
-    adversarial: str = ""  # "", "pgd" or "fgsm"
-    adv_eps: float = 4 / 255
-    adv_steps: int = 3
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -301,6 +253,10 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     ``stop_after`` ends the run after that many epochs of this call (used to test resume).
     """
     validate_config(config)
+    if config.arch == "auto":
+        from dataclasses import replace
+
+        config = replace(config, arch=resolve_auto("auto")[0])
     out = Path(out)
     state_file = out / "train" / "last.pt"
     if out.joinpath("meta.json").exists() and not resume and state_file.exists():
@@ -435,31 +391,9 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
 
 
 def validate_config(config: TrainConfig) -> None:
-    """Refuse impossible settings before any work starts (errors name the setting)."""
-    checks = [
-        (config.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {config.arch!r}"),
-        (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
-        (config.lr > 0, f"lr must be positive, got {config.lr}"),
-        (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
-        (config.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {config.backbone_lr_scale}"),
-        (0 <= config.freeze_epochs, f"freeze_epochs must be >= 0, got {config.freeze_epochs}"),
-        (config.patience >= 1, f"patience must be at least 1, got {config.patience}"),
-        (config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}"),
-        (config.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got {config.optimizer!r}"),
-        (config.schedule in ("cosine", "step"), f"schedule must be cosine or step, got {config.schedule!r}"),
-        (config.image_size is None or config.image_size >= 16, f"image_size must be >= 16, got {config.image_size}"),
-        (0 < config.augment.crop_scale <= 1, f"crop_scale must be in (0, 1], got {config.augment.crop_scale}"),
-        (0 <= config.augment.jpeg_prob <= 1 and 0 <= config.augment.blur_prob <= 1,
-         "jpeg_prob and blur_prob must be in [0, 1]"),
-        (config.adversarial in ("", "pgd", "fgsm"), f"adversarial must be pgd or fgsm, got {config.adversarial!r}"),
-        (not config.adversarial or 1 / 255 <= config.adv_eps + 1e-9 <= 1,
-         f"adv_eps must be at least one grey level (1/255) and at most 1, got {config.adv_eps}"),
-        (config.adv_steps >= 1, f"adv_steps must be at least 1, got {config.adv_steps}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FeatlabError(message)
+    """Refuse impossible settings before any work starts (errors name the setting): the checks of
+    :class:`~featlab.detectors.configs.TrainConfig`, run again since a config may have been changed after it was made."""
+    TrainConfig.__post_init__(config)
 
 
 def _load_training_state(state_file: Path, config: TrainConfig, device) -> dict:
@@ -502,15 +436,17 @@ def _write_history(out: Path, history: list[dict], train_seconds: float) -> None
 # ------------------------------------------------------------ load / evaluate
 
 
-def load_cnn(folder: str | os.PathLike, device: str = "auto") -> tuple[nn.Module, Preprocessing, dict, torch.device]:
-    """Rebuild the architecture and load the verified best weights (weights_only, hash-checked)."""
-    artifact, meta = verified_artifact(folder)
+def load_cnn(folder: str | os.PathLike, device: str = "auto",
+             meta: dict | None = None) -> tuple[nn.Module, Preprocessing, dict, torch.device]:
+    """Rebuild the architecture and load the verified best weights (weights_only, hash-checked; the file is read
+    once). ``meta``: ``meta.json`` when the caller has read it already."""
+    artifact, meta, data = verified_artifact(folder, meta)
     if meta.get("kind") != "cnn":
         raise FeatlabError(f"{folder} is not a CNN model folder")
     arch = meta["arch"]
     structure_weights = "default" if arch == "resnet50-opennsfw" else "none"
     model, _, _ = build_model(arch, structure_weights, None, head_layers=meta["config"].get("head_layers", "pool"))
-    payload = load_tensor_file(artifact, "a CNN checkpoint")
+    payload = load_tensor_file(artifact, "a CNN checkpoint", data=data)
     if isinstance(payload, dict) and "state_dict" in payload:
         check_sealed(folder, meta, payload.get("featlab_meta"))
         payload = payload["state_dict"]

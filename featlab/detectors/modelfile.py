@@ -56,15 +56,15 @@ def save_model_folder(folder: str | os.PathLike, artifact: str, write: Callable,
     """Write ``folder/artifact`` atomically with ``write(handle, sealed_json)``, then ``meta.json``.
 
     ``write`` must store ``sealed_json`` (from :func:`sealed_meta`) inside the artifact so that
-    :func:`check_sealed` can compare it with ``meta.json`` at load time.
+    :func:`check_sealed` can compare it with ``meta.json`` at load time. ``meta`` is completed in place with
+    the fields written beside it (``artifact``, ``sha256``, ``bytes``): it is then exactly ``meta.json``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sealed = sealed_meta(meta)
     atomic_write(folder / artifact, lambda handle: write(handle, sealed))
-    digest = sha256_file(folder / artifact)
-    atomic_write_json(folder / META, {**meta, "artifact": artifact, "sha256": digest,
-                                      "bytes": (folder / artifact).stat().st_size})
+    meta.update(artifact=artifact, sha256=sha256_file(folder / artifact), bytes=(folder / artifact).stat().st_size)
+    atomic_write_json(folder / META, meta)
     return folder
 
 
@@ -141,23 +141,33 @@ def read_model_meta(folder: str | os.PathLike) -> dict:
     return meta
 
 
-def verified_artifact(folder: str | os.PathLike) -> tuple[Path, dict]:
-    """Return (artifact path, meta) after checking the artifact's sha256 against meta.json."""
-    folder = Path(folder)
-    meta = read_model_meta(folder)
-    artifact = folder / meta["artifact"]
+def read_verified_artifact(folder: str | os.PathLike, meta: dict) -> tuple[Path, bytes]:
+    """(artifact path, its bytes): read once, and checked against the sha256 ``meta.json`` records, so what is
+    deserialised is exactly what was hashed (no second read that could see another file)."""
+    import hashlib
+
+    artifact = Path(folder) / meta["artifact"]
     if not artifact.is_file():
         raise FeatlabError(f"{artifact} is missing")
     try:
-        actual = sha256_file(artifact)
+        data = artifact.read_bytes()
     except OSError as error:
         raise FeatlabError(f"cannot read {artifact}: {error.strerror}") from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != meta["sha256"]:
         raise FeatlabError(
             f"{artifact} has sha256 {actual[:16]}..., but {META} records {str(meta['sha256'])[:16]}...: "
             "the file changed after it was saved; refusing to load it"
         )
-    return artifact, meta
+    return artifact, data
+
+
+def verified_artifact(folder: str | os.PathLike, meta: dict | None = None) -> tuple[Path, dict, bytes]:
+    """(artifact path, meta, artifact bytes) of a model folder: ``meta.json`` read (unless given) and the
+    artifact read once and checked against the sha256 it records."""
+    meta = read_model_meta(folder) if meta is None else meta
+    artifact, data = read_verified_artifact(folder, meta)
+    return artifact, meta, data
 
 
 def check_sealed(folder: str | os.PathLike, meta: dict, sealed_json: str | None) -> None:

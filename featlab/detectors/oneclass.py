@@ -49,6 +49,13 @@ def fit_oneclass_from_cache(cache, models_dir: str | os.PathLike, method: str = 
     ``data_root`` picks which dataset's index of the cache to read (a cache shared by several
     datasets keeps one index each); by default the dataset the cache was last extracted for.
     """
+    return fit_oneclass(cache, models_dir, method, pca, seed, name, data_root, force)[0]
+
+
+def fit_oneclass(cache, models_dir: str | os.PathLike, method: str = "ocsvm", pca: int | float | None = 64,
+                 seed: int = 0, name: str | None = None, data_root: str | os.PathLike | None = None,
+                 force: bool = False) -> tuple[Path, Pipeline, dict]:
+    """As :func:`fit_oneclass_from_cache`; returns (folder, fitted pipeline, its meta.json)."""
     from featlab.detectors.modelfile import refuse_existing_model, save_new_model_folder
     from featlab.detectors.svm import ARTIFACT, dumps_model
 
@@ -82,4 +89,4 @@ def fit_oneclass_from_cache(cache, models_dir: str | os.PathLike, method: str = 
     }
     save_new_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(dumps_model(pipeline, sealed)), meta,
                           force=force)
-    return folder
+    return folder, pipeline, meta

@@ -16,6 +16,7 @@ from featlab import LABELS, __version__
 from featlab.core.errors import FeatlabError
 from featlab.core.versions import library_versions, utc_now
 from featlab.detectors.classical import FitResult, fit_svm, pca_summary, scores
+from featlab.detectors.configs import SVMFitConfig
 from featlab.detectors.modelfile import check_sealed, refuse_existing_model, save_new_model_folder, verified_artifact
 from featlab.detectors.streaming import BYTES_PER_VALUE, resident_bytes
 from featlab.features.cache import EmbeddingCache, dataset_tag, find_caches
@@ -91,6 +92,24 @@ def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int =
     return result.cache.get(list(result.manifest.sha256[ok])), result.manifest.label.to_numpy(dtype=np.int64)[ok]
 
 
+def features_for_fit(features_dir: str | os.PathLike, backbone: str | None = None, names: str | list[str] = "",
+                     data_root: str | os.PathLike | None = None) -> EmbeddingCache:
+    """The features a fit reads: the caches ``names`` names (folder names under ``features_dir``; several are
+    concatenated, :func:`concat_caches`), else the one cache of ``backbone`` (:func:`~featlab.features.cache.select_cache`)."""
+    from featlab.features.cache import select_cache
+
+    if isinstance(names, str):
+        names = [part.strip() for part in names.split(",") if part.strip()]
+    if not names:
+        return select_cache(features_dir, backbone)
+    folders = [Path(features_dir) / name for name in names]
+    missing = [f.name for f in folders if not (f / "meta.json").is_file()]
+    if missing:
+        raise FeatlabError(f"no feature cache named {', '.join(missing)} in {features_dir}")
+    caches = [EmbeddingCache(f) for f in folders]
+    return caches[0] if len(caches) == 1 else concat_caches(caches, features_dir, data_root=data_root)
+
+
 def concat_caches(caches: list[EmbeddingCache], features_dir: str | os.PathLike, device: str = "auto",
                   progress: bool = False, data_root: str | os.PathLike | None = None) -> EmbeddingCache:
     """One cache whose embeddings concatenate those of ``caches`` (other backbones, layers or recipes) on
@@ -112,9 +131,8 @@ def fit_from_cache(
     cache: EmbeddingCache,
     models_dir: str | os.PathLike,
     name: str | None = None,
-    seed: int = 0,
+    config: SVMFitConfig | None = None,
     n_jobs: int = -1,
-    augment: str = "",
     device: str = "auto",
     max_memory: int | None = None,
     stream: bool = False,
@@ -124,14 +142,19 @@ def fit_from_cache(
 ) -> tuple[Path, FitResult]:
     """Fit on the cache's train split, select on valid, save a model folder.
 
-    ``options`` are passed to :func:`featlab.detectors.classical.fit_svm` (pca, kernel, C, gamma,
-    class_weight, probability, solver). ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds
-    one augmented copy of every training image (:func:`augmented_embeddings`); selection stays on
-    the clean valid split. ``max_memory`` (bytes) caps the process: when the embeddings would not
-    fit under it, or with ``stream``, the fit runs out of core (:mod:`featlab.detectors.streaming`).
-    ``data_root`` picks the dataset when the cache holds several (default: the one extracted last).
-    An existing folder ``name`` is refused before any work unless ``force``.
+    What to fit is ``config`` (:class:`~featlab.detectors.configs.SVMFitConfig`), or its fields given as
+    keyword ``options`` (pca, kernel, C, gamma, class_weight, probability, solver, augment, seed), validated
+    there before any work. ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds one augmented copy of every
+    training image (:func:`augmented_embeddings`); selection stays on the clean valid split. ``max_memory``
+    (bytes) caps the process: when the embeddings would not fit under it, or with ``stream``, the fit runs out
+    of core (:mod:`featlab.detectors.streaming`). ``data_root`` picks the dataset when the cache holds several
+    (default: the one extracted last). An existing folder ``name`` is refused before any work unless ``force``.
+    The result's ``meta`` is the folder's ``meta.json``.
     """
+    if config is not None and options:
+        raise TypeError("give the fit's settings as config or as keyword options, not both")
+    settings = config or SVMFitConfig(**options)
+    seed, augment = settings.seed, settings.augment
     if name:
         refuse_existing_model(Path(models_dir) / name, force)
     index_name, root = cache.dataset_index(data_root)
@@ -150,7 +173,7 @@ def fit_from_cache(
             raise FeatlabError("--augment is not available with a streaming fit (--stream, or the embeddings "
                                "exceed --max-memory)")
         valid_rows = index[(index.split == "valid") & (index.status == "ok")].reset_index(drop=True)
-        result = _fit_streaming(cache, train_rows, valid_rows, dim, max_memory or 2 * 2**30, seed, options)
+        result = _fit_streaming(cache, train_rows, valid_rows, dim, max_memory or 2 * 2**30, settings)
         n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), len(valid_rows)
     else:
         X_train, y_train, train_index = cache.load_split("train", index_name)
@@ -159,7 +182,7 @@ def fit_from_cache(
         if augment:
             X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
             X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-        result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **options)
+        result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **settings.fit_options())
         n_train_total, n_valid = len(X_train), int(0 if X_valid is None else len(X_valid))
     result.notes[:0] = trained_on
     config = cache.meta["config"]
@@ -176,7 +199,7 @@ def fit_from_cache(
         "weights_info": cache.meta.get("weights_info", {}),
         "data_root": root,
         "class_mapping": LABELS,
-        "options": {**options, "augment": augment},
+        "options": settings.recorded(),
         "best_params": result.best_params,
         "selection": result.selection,
         "selection_score_balanced_accuracy": result.selection_score,
@@ -194,16 +217,16 @@ def fit_from_cache(
     }
     save_new_model_folder(folder, ARTIFACT, lambda handle, sealed: handle.write(dumps_model(result.pipeline, sealed)), meta,
                           force=force)
+    result.meta = meta
     return folder, result
 
 
-def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_memory: int, seed: int,
-                   options: dict):
+def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_memory: int, config: SVMFitConfig):
     """The out-of-core path of :func:`fit_from_cache` (:mod:`featlab.detectors.streaming`): rows read from the shards."""
     from featlab.detectors.streaming import fit_streaming
 
     train_hashes, valid_hashes = train_rows.sha256.to_numpy(), valid_rows.sha256.to_numpy()
-    pca = options.get("pca", 256)
+    pca = config.pca
     if not isinstance(pca, int):
         raise FeatlabError("a streaming fit needs --pca as a number of components")
 
@@ -214,8 +237,8 @@ def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_
 
     return fit_streaming(
         read(train_hashes), train_rows.label.to_numpy(), dim, read(valid_hashes) if len(valid_rows) else None,
-        valid_rows.label.to_numpy() if len(valid_rows) else None, pca=pca, C=options.get("C"),
-        nystroem_components=options.get("nystroem_components", 1000), max_memory=max_memory, seed=seed)
+        valid_rows.label.to_numpy() if len(valid_rows) else None, pca=pca, C=list(config.C),
+        nystroem_components=config.nystroem_components, max_memory=max_memory, seed=config.seed)
 
 
 def dumps_model(pipeline: Pipeline, sealed: str) -> bytes:
@@ -250,7 +273,7 @@ def _skops_nodes(data: bytes) -> set[tuple[str, str]]:
     return found
 
 
-def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
+def _load_skops(artifact: Path, data: bytes | None = None) -> tuple[Pipeline, str | None]:
     """Load a featlab skops file after checking that it names only :data:`ALLOWED_NODES`.
 
     Two independent checks run before any object is built: our own walk of the schema (every node's loader
@@ -260,7 +283,7 @@ def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
 
     import skops.io
 
-    data = artifact.read_bytes()
+    data = artifact.read_bytes() if data is None else data
     try:
         nodes = _skops_nodes(data)
     except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as error:
@@ -286,7 +309,8 @@ def _load_skops(artifact: Path) -> tuple[Pipeline, str | None]:
     return payload["pipeline"], payload.get("featlab_meta")
 
 
-def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, trust_pickle: bool = False) -> SVMModel:
+def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, trust_pickle: bool = False,
+             meta: dict | None = None) -> SVMModel:
     """Load a model folder after checking its hash, its sealed metadata, and (given ``cache``) that it fits
     those features.
 
@@ -295,8 +319,9 @@ def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, tru
     folder : the model folder.
     cache : the features it will score; refused when made with another backbone, recipe, etc.
     trust_pickle : allow a featlab 0.1 folder (``model.joblib``, a pickle that runs code when loaded).
+    meta : ``meta.json``, when the caller has read it already (it is not read again).
     """
-    artifact, meta = verified_artifact(folder)
+    artifact, meta, data = verified_artifact(folder, meta)
     if meta.get("kind") not in ("svm", "oneclass"):
         raise FeatlabError(f"{folder} is a {meta.get('kind')} model, not an SVM or one-class detector")
     if meta["artifact"] == LEGACY_ARTIFACT:
@@ -306,11 +331,13 @@ def load_svm(folder: str | os.PathLike, cache: EmbeddingCache | None = None, tru
                 "trust_pickle=True (CLI --trust-pickle) if you made this folder yourself"
             )
         log.warning("loading pickle %s because trust_pickle was given", artifact)
-        pipeline = joblib.load(artifact)
+        import io
+
+        pipeline = joblib.load(io.BytesIO(data))
         if not isinstance(pipeline, Pipeline):
             raise FeatlabError(f"{artifact} does not hold a scikit-learn Pipeline")
     else:
-        pipeline, sealed = _load_skops(artifact)
+        pipeline, sealed = _load_skops(artifact, data)
         check_sealed(folder, meta, sealed)
     if cache is not None:
         check_features(meta, cache)

@@ -31,7 +31,7 @@ from PIL import Image
 from featlab.core.errors import FeatlabError
 from featlab.core.metrics import binary_metrics
 from featlab.detectors.adversarial import ATTACKS, BinaryLogits, attack_batch, eps_levels, parse_eps  # noqa: F401 (CLI)
-from featlab.detectors.detector import Detector, load_detector
+from featlab.detectors.base import Detector, load
 
 
 def pixel_logits(detector: Detector) -> BinaryLogits:
@@ -104,7 +104,7 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, clean: np.ndarray, threshol
 
 
 def run_attack(
-    models: list[str | os.PathLike], data_root: str | os.PathLike, out: str | os.PathLike,
+    models: list[Detector | str | os.PathLike], data_root: str | os.PathLike, out: str | os.PathLike,
     settings: AttackSettings | None = None, device: str = "auto", progress=print,
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Attack each model on a subset of a split; score in memory, after PNG and after JPEG q90; transfer
@@ -116,13 +116,15 @@ def run_attack(
     settings = settings or AttackSettings()
     if settings.attack not in ATTACKS:
         raise FeatlabError(f"attack must be one of {', '.join(ATTACKS)}")
+    detectors = [m if isinstance(m, Detector) else load(m, device=device) for m in models]
+    for detector in detectors:  # before any image is read
+        detector.require_gradients("a white-box attack")
     root, out = Path(data_root), Path(out)
     manifest = scan_dataset(root, check_images=False)
     rows = manifest[(manifest.split == settings.split) & (manifest.status == "ok")]
     if rows.empty:
         raise FeatlabError(f"{root}: split {settings.split!r} holds no images")
     rows = subset(rows, settings.n_images, settings.seed)
-    detectors = [load_detector(m, device=device) for m in models]
     from featlab.data.dataset import load_rgb
 
     labels = rows.label.to_numpy()

@@ -28,24 +28,60 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from featlab.core.errors import FeatlabError
+from featlab.detectors.configs import TrainConfig
 
 __all__ = ["CNNClassifier", "DeepFeatures", "SavedModel", "load_model"]
 
 
+def _is_image(item) -> bool:
+    if isinstance(item, (str, os.PathLike, Image.Image)):
+        return True
+    return isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[-1] == 3 and item.dtype == np.uint8
+
+
 def _as_items(X) -> list:
-    """Accept a list/array/Series of paths, PIL images or HxWx3 uint8 arrays (one 3-D array is one image)."""
-    if isinstance(X, (str, os.PathLike, Image.Image)):
-        return [X]
-    if isinstance(X, np.ndarray) and X.ndim == 3 and X.shape[-1] == 3 and X.dtype == np.uint8:
+    """Accept a list/array/Series of paths, PIL images or HxWx3 uint8 arrays (one 3-D array is one image);
+    anything else is refused with a ``ValueError`` that says what X must hold (validation at the edge)."""
+    from scipy import sparse
+
+    if sparse.issparse(X):
+        raise ValueError("sparse input is not supported: X holds images (file paths, PIL images or HxWx3 uint8 "
+                         "arrays), not a feature matrix")
+    if _is_image(X):
         return [X]
     if isinstance(X, pd.DataFrame):
         if X.shape[1] != 1:
             raise ValueError("X as a DataFrame must have one column of image paths")
         X = X.iloc[:, 0]
-    items = list(X)
+    try:
+        items = list(X)
+    except TypeError:
+        raise ValueError(f"X must be a sequence of images, not {type(X).__name__}") from None
     if not items:
         raise ValueError("X holds no images")
+    for item in items:
+        if not _is_image(item):
+            what = (f"an array of shape {item.shape} and dtype {item.dtype}" if isinstance(item, np.ndarray)
+                    else type(item).__name__)
+            raise ValueError(f"X must hold images (file paths, PIL images or HxWx3 uint8 arrays), not {what}")
     return items
+
+
+def _binary_labels(y) -> np.ndarray:
+    """Labels 0 (real) / 1 (fake), one per image, both present; refused as scikit-learn classifiers refuse them."""
+    from sklearn.utils.multiclass import type_of_target
+
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be one label per image (1-D), got shape {y.shape}")
+    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+        raise ValueError("Input y contains NaN or infinity")
+    kind = type_of_target(y)
+    if kind not in ("binary", "multiclass") or not set(np.unique(y).tolist()) <= {0, 1}:
+        raise ValueError(f"Unknown label type: {kind}; y holds 0 (real) or 1 (fake) per image")
+    if len(np.unique(y)) < 2:
+        raise ValueError("y holds one class only: a real/fake classifier needs both classes")
+    return y.astype(int)
 
 
 def _paths_manifest(paths: list) -> pd.DataFrame:
@@ -95,6 +131,9 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         """Resolve the backbone and recipe (nothing is learned: the backbone is frozen). Returns self."""
         from featlab.features.backbones import get_spec, resolve_auto
         from featlab.features.recipe import parse_recipe
+
+        if X is not None:
+            _as_items(X)  # what transform will refuse, refused here
 
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
@@ -163,6 +202,9 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         return np.array([f"{self.backbone_}_{i}" for i in range(self.n_features_out_)], dtype=object)
 
 
+_TRAIN = TrainConfig()  # the defaults of train-cnn, in one place (featlab.detectors.configs)
+
+
 class CNNClassifier(ClassifierMixin, BaseEstimator):
     """A fine-tuned CNN as a scikit-learn classifier over image paths (labels 0 real, 1 fake).
 
@@ -176,9 +218,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     model_dir_ : the trained model folder (a normal featlab CNN folder).
     """
 
-    def __init__(self, arch: str = "resnet50-opennsfw", weights: str = "default", epochs: int = 10,
-                 batch_size: int = 32, lr: float = 1e-3, freeze_epochs: int = 2, head_layers: str = "auto",
-                 image_size: int | None = None, precision: str = "auto", device: str = "auto", seed: int = 0,
+    def __init__(self, arch: str = _TRAIN.arch, weights: str = _TRAIN.weights, epochs: int = _TRAIN.epochs,
+                 batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, freeze_epochs: int = _TRAIN.freeze_epochs,
+                 head_layers: str = _TRAIN.head_layers, image_size: int | None = _TRAIN.image_size,
+                 precision: str = _TRAIN.precision, device: str = _TRAIN.device, seed: int = _TRAIN.seed,
                  validation_fraction: float = 0.15, work_dir: str | os.PathLike | None = None) -> None:
         self.arch = arch
         self.weights = weights
@@ -196,14 +239,22 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Train on image paths ``X`` with labels ``y``; returns self."""
+        from scipy import sparse
         from sklearn.model_selection import train_test_split
 
-        from featlab.detectors.cnn import TrainConfig, train_cnn
+        from featlab.detectors.cnn import train_cnn
 
-        paths = [str(Path(p).resolve()) for p in _as_items(X)]
-        y = np.asarray(y).astype(int)
-        if len(paths) != len(y) or not set(np.unique(y)) <= {0, 1} or len(np.unique(y)) < 2:
-            raise ValueError("y must hold one 0 (real) or 1 (fake) label per image, with both classes present")
+        if sparse.issparse(X):
+            _as_items(X)  # refused: sparse input is not supported
+        if y is None:
+            raise ValueError("CNNClassifier requires y to be passed, but the target y is None")
+        y = _binary_labels(y)
+        items = _as_items(X)
+        if not all(isinstance(item, (str, os.PathLike)) for item in items):
+            raise ValueError("CNNClassifier.fit takes image file paths (training reads them from disk)")
+        if len(items) != len(y):
+            raise ValueError(f"X holds {len(items)} images but y {len(y)} labels")
+        paths = [str(Path(p).resolve()) for p in items]
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         train_idx, valid_idx = train_test_split(np.arange(len(y)), test_size=self.validation_fraction,
@@ -244,60 +295,65 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
 
 class SavedModel:
-    """A saved, verified model folder (SVM or CNN) with scikit-learn style methods over image paths.
+    """A saved, verified model folder (any kind) with scikit-learn style methods over image paths.
 
-    ``decision_function`` is the SVM decision value or the CNN logit (threshold 0, or 0.5 for a
-    calibrated SVM's p(fake)); ``predict`` gives 0 (real) / 1 (fake); ``score`` is accuracy.
+    ``decision_function`` is the detector's score (SVM decision value, CNN logit, anomaly score, or a
+    calibrated SVM's p(fake)); ``predict`` gives 0 (real) / 1 (fake) at the detector's threshold; ``score`` is
+    accuracy. The folder is verified and loaded once, on first use, and reused by every later call.
     """
 
     def __init__(self, folder: str | os.PathLike, workdir: str | os.PathLike | None = None, device: str = "auto",
                  trust_pickle: bool = False) -> None:
-        from featlab.core.workspace import Workspace
-        from featlab.detectors.modelfile import read_model_meta
-
         self.folder = Path(folder)
-        self.meta = read_model_meta(self.folder)
-        self.kind = self.meta["kind"]
-        self.workspace = Workspace.resolve(workdir or tempfile.mkdtemp(prefix="featlab-work-"))
+        self.workdir = workdir
         self.device = device
         self.trust_pickle = trust_pickle
         self.classes_ = np.array([0, 1])
+        self._detector = None
 
-    def _scores(self, X) -> tuple[np.ndarray, float]:
-        paths = [str(p) for p in _as_items(X)]
-        if self.kind == "cnn":
-            from featlab.detectors.pixel import predict_cnn
+    @property
+    def detector(self):
+        """The loaded :class:`featlab.detectors.base.Detector` (loaded on first use)."""
+        if self._detector is None:
+            from featlab.core.workspace import Workspace
+            from featlab.detectors.base import load
 
-            table = predict_cnn(self.folder, _paths_manifest(paths), device=self.device)
-            threshold = 0.0
-        else:
-            from featlab.evaluation.evaluate import predict_manifest
+            workspace = Workspace.resolve(self.workdir or tempfile.mkdtemp(prefix="featlab-work-"))
+            self._detector = load(self.folder, workspace, device=self.device, trust_pickle=self.trust_pickle)
+        return self._detector
 
-            table, threshold = predict_manifest(self.folder, _paths_manifest(paths), self.workspace, device=self.device,
-                                                trust_pickle=self.trust_pickle)
-        bad = table[table.status != "ok"]
-        if len(bad):
-            raise ValueError(f"{len(bad)} image(s) could not be read, e.g. {bad.path.iloc[0]}: {bad.reason.iloc[0]}")
-        return table.score.to_numpy(dtype=float), threshold
+    @property
+    def meta(self) -> dict:
+        return self.detector.meta
+
+    @property
+    def kind(self) -> str:
+        return self.detector.kind
+
+    def _scores(self, X) -> np.ndarray:
+        detector = self.detector
+        scored = detector.score_paths(_paths_manifest([str(p) for p in _as_items(X)]))
+        bad = [(p, r) for p, r in zip(_as_items(X), scored.reasons) if r]
+        if bad:
+            raise ValueError(f"{len(bad)} image(s) could not be read, e.g. {bad[0][0]}: {bad[0][1]}")
+        return scored.scores
 
     def decision_function(self, X) -> np.ndarray:
-        return self._scores(X)[0]
+        return self._scores(X)
 
     def predict(self, X) -> np.ndarray:
-        scores, threshold = self._scores(X)
-        return (scores >= threshold).astype(int)
+        return (self._scores(X) >= self.detector.threshold).astype(int)
 
     def predict_proba(self, X) -> np.ndarray:
-        """[p(real), p(fake)]: the sigmoid of the CNN logit, or a calibrated SVM's probability.
+        """[p(real), p(fake)]: the sigmoid of a CNN's logit, or a calibrated SVM's probability.
 
-        An uncalibrated SVM has no probabilities (fit it with ``probability=True``)."""
-        scores, threshold = self._scores(X)
-        if self.kind == "cnn":
-            p = 1.0 / (1.0 + np.exp(-scores))
-        elif threshold == 0.5:
-            p = scores
-        else:
-            raise AttributeError("this SVM was fitted without probability calibration (fit-svm --probability)")
+        Other scores are not probabilities (an uncalibrated SVM: fit it with ``probability=True``)."""
+        score_kind = self.detector.score_kind
+        if score_kind not in ("logit", "p_fake"):
+            hint = " (fit-svm --probability)" if self.detector.kind == "svm" else ""
+            raise AttributeError(f"a {self.detector.kind} model scoring {score_kind!r} has no probabilities{hint}")
+        scores = self._scores(X)
+        p = 1.0 / (1.0 + np.exp(-scores)) if score_kind == "logit" else scores
         return np.column_stack([1 - p, p])
 
     def score(self, X, y) -> float:
@@ -309,4 +365,6 @@ def load_model(folder: str | os.PathLike, workdir: str | os.PathLike | None = No
     """Open a saved model folder (verified as by the CLI) for ``predict`` / ``decision_function`` / ``score``."""
     if not Path(folder).is_dir():
         raise FeatlabError(f"model folder not found: {folder}")
-    return SavedModel(folder, workdir=workdir, device=device, trust_pickle=trust_pickle)
+    model = SavedModel(folder, workdir=workdir, device=device, trust_pickle=trust_pickle)
+    _ = model.detector  # verify and load now: a bad folder fails here, not at the first prediction
+    return model

@@ -162,13 +162,17 @@ def occlusion_map(detector: Detector, image_uint8: torch.Tensor, patch: int = 48
 
 
 def resolve_method(detector: Detector, method: str) -> str:
+    """The method ``auto`` stands for on this detector; a method it cannot run is refused here, before any work."""
     if method not in METHODS:
         raise FeatlabError(f"method must be one of {', '.join(METHODS)}")
     if method == "auto":
         return "gradcam" if detector.kind == "cnn" else "occlusion"
     if method.startswith("gradcam") and detector.kind != "cnn":
         raise FeatlabError(f"{method} needs a CNN model; use --method occlusion or gradient for an SVM")
+    if method != "occlusion":
+        detector.require_gradients(f"--method {method}")
     return method
+
 
 
 def explain_paths(

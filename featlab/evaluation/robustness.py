@@ -22,55 +22,11 @@ from featlab.core.versions import library_versions, utc_now
 from featlab.core.workspace import Workspace
 from featlab.data.dataset import scan_dataset
 from featlab.data.perturb import Perturbation, strength
-from featlab.detectors.modelfile import read_model_meta
-from featlab.features.extract import embed
-
-
-def _svm_scorer(model, meta: dict, rows: pd.DataFrame, workspace: Workspace, device: str, trust_pickle: bool):
-    """A function perturbation -> (scores, labels, threshold) for an SVM folder, loaded and verified once."""
-    from featlab.detectors.svm import load_svm
-
-    svm = load_svm(model, trust_pickle=trust_pickle)
-
-    def score(perturbation: Perturbation):
-        result = embed(rows, meta["extraction"], meta["weights_info"], workspace.features, device,
-                       None if perturbation.is_identity else perturbation)
-        if _without_perturbation(result.cache.meta["config"]) != meta["extraction"]:
-            raise FeatlabError(f"{model}: its features cannot be reproduced for the robustness test (settings differ)")
-        ok = (result.manifest.status == "ok").to_numpy()
-        values, threshold, _ = svm.score(result.cache.get(list(result.manifest.sha256[ok])))
-        return values, result.manifest.label.to_numpy()[ok], threshold
-
-    return score
-
-
-def _without_perturbation(config):
-    """A feature config with every perturbation entry removed (also inside concatenated parts)."""
-    if isinstance(config, dict):
-        return {k: _without_perturbation(v) for k, v in config.items() if k != "perturbation"}
-    if isinstance(config, list):
-        return [_without_perturbation(v) for v in config]
-    return config
-
-
-def _cnn_scorer(model, rows: pd.DataFrame, device: str):
-    """A function perturbation -> (scores, labels, 0) for a CNN or autoencoder folder, loaded and verified once."""
-    from featlab.detectors.cnn import score_images
-    from featlab.detectors.pixel import load_pixel_model
-
-    net, prep, _, torch_device = load_pixel_model(model, device)
-
-    def score(perturbation: Perturbation):
-        values, _ = score_images(net, prep, list(rows.path), 32, torch_device, "fp32",
-                                 perturbation=None if perturbation.is_identity else perturbation)
-        ok = ~np.isnan(values)
-        return values[ok], rows.label.to_numpy()[ok], 0.0
-
-    return score
+from featlab.detectors.base import Detector, load
 
 
 def run_robustness(
-    models: list[str | os.PathLike], data_root: str | os.PathLike, sweeps: dict[str, list[Perturbation]],
+    models: list[Detector | str | os.PathLike], data_root: str | os.PathLike, sweeps: dict[str, list[Perturbation]],
     workspace: Workspace, split: str = "test", out: str | os.PathLike | None = None, device: str = "auto",
     trust_pickle: bool = False,
 ) -> pd.DataFrame:
@@ -78,7 +34,7 @@ def run_robustness(
 
     Parameters
     ----------
-    models : model folders (SVM or CNN).
+    models : loaded detectors, or what :func:`featlab.load` opens (any kind).
     data_root : dataset root; ``split`` of it is perturbed and scored.
     sweeps : perturbation kind -> levels (from :func:`featlab.data.perturb.parse_levels`).
 
@@ -96,16 +52,16 @@ def run_robustness(
     rows = manifest[(manifest.split == split) & (manifest.status == "ok")].reset_index(drop=True)
     out = Path(out) if out else workspace.reports / "robustness"
     records = []
+    labels = rows.label.to_numpy()
     for model in models:
-        meta = read_model_meta(model)
-        name = Path(model).name
-        scorer = (_cnn_scorer(model, rows, device) if meta["kind"] in ("cnn", "ae")
-                  else _svm_scorer(model, meta, rows, workspace, device, trust_pickle))
+        detector = model if isinstance(model, Detector) else load(model, workspace, device=device,
+                                                                     trust_pickle=trust_pickle)
         for kind, levels in sweeps.items():
             for level in levels:
-                score, y, threshold = scorer(level)
-                m = binary_metrics(y, score, threshold)
-                records.append({"model": name, "family": meta["kind"], "kind": kind, "strength": strength(level, kind),
+                scored = detector.score_paths(rows, perturbation=level)
+                ok = ~np.isnan(scored.scores)
+                m = binary_metrics(labels[ok], scored.scores[ok], detector.threshold)
+                records.append({"model": detector.name, "family": detector.kind, "kind": kind, "strength": strength(level, kind),
                                 "perturbation": level.describe(), "n": m["n"], "roc_auc": m["roc_auc"],
                                 "average_precision": m["average_precision"], "accuracy": m["accuracy"],
                                 "real_accuracy": m["real_accuracy"], "fake_accuracy": m["fake_accuracy"]})

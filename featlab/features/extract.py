@@ -114,6 +114,14 @@ class Extractor:
                else {}),
         }
 
+    def perturbed(self, perturbation: Perturbation | None) -> Extractor:
+        """This extractor (same model, nothing rebuilt) applying ``perturbation`` to every decoded image."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.perturbation = None if perturbation is None or perturbation.is_identity else perturbation
+        return twin
+
     def __call__(self, batch_uint8: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) -> float32 embeddings (N, dim)."""
         batch = batch_uint8.to(self.torch_device, non_blocking=True)
@@ -300,16 +308,20 @@ def embed(
     manifest: pd.DataFrame, config: dict, weights_info: dict, features_dir: str | os.PathLike, device: str = "auto",
     perturbation: Perturbation | None = None, batch_size: int = 32, progress: bool = False,
     write_index: bool = False, data_root: str = "", ray: str | None = None,
+    extractors: list[Extractor] | None = None,
 ) -> ExtractionResult:
     """Embeddings of a manifest for a recorded feature config: one extractor, or the concatenation of
     several caches' features (``featlab fit-svm --features A,B``; see :func:`concat_results`).
-    ``ray``: extract on Ray Data (see :func:`extract_manifest`)."""
+    ``ray``: extract on Ray Data (see :func:`extract_manifest`). ``extractors``: the config's extractors
+    (one per part) already built, e.g. by a loaded detector, so no backbone is rebuilt per call."""
     if "concat" not in config:
-        extractor = extractor_from_config(config, weights_info, device, perturbation)
+        extractor = (extractors[0].perturbed(perturbation) if extractors
+                     else extractor_from_config(config, weights_info, device, perturbation))
         return extract_manifest(manifest, extractor, features_dir, batch_size=batch_size, progress=progress,
                                 write_index=write_index, data_root=data_root, ray=ray)
     parts = [embed(manifest, part["config"], part["weights_info"], features_dir, device, perturbation, batch_size,
-                   progress, ray=ray) for part in weights_info["parts"]]
+                   progress, ray=ray, extractors=[extractors[i]] if extractors else None)
+             for i, part in enumerate(weights_info["parts"])]
     return concat_results(parts, features_dir, write_index=write_index, data_root=data_root)
 
 
