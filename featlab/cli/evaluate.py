@@ -9,8 +9,10 @@ import typer
 from featlab.cli.common import RAY_OPTION, WORKDIR_OPTION, friendly, open_workspace
 from featlab.core.checks import check_device, check_precision, check_ray, existing_dir, existing_path
 from featlab.core.errors import FeatlabError
+from featlab.detectors.configs import SVMFitConfig, TrainConfig
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
+SVM, CNN = SVMFitConfig(), TrainConfig()  # option defaults, one per setting (tests/detectors/test_configs.py)
 
 
 @app.command()
@@ -88,7 +90,7 @@ def predict(
 
     ws = open_workspace(workdir, writable=False)
     detector = load(model, ws, device=device, trust_pickle=trust_pickle)
-    if detector.kind in ("svm", "oneclass"):
+    if detector.writes_to_workspace:
         ws.ensure_writable()
     table = predict_paths(detector, target, ws, batch_size=batch_size, device=device, trust_pickle=trust_pickle, ray=ray)
     if out:
@@ -183,14 +185,15 @@ def benchmark(
         "", "--recipes", help="Feature recipes to compare on valid, ';'-separated, each "
         "layers[:pooling[:view[:flip]]], e.g. 'pool;layer3:avg+std;layer2,layer3:avg+std:native:flip'."),
     archs: str = typer.Option("resnet50-opennsfw", "--archs", help="Comma-separated CNN archs ('' for none)."),
-    pca: str = typer.Option("256", "--pca"),
-    c: str = typer.Option("0.1,1,10", "--C"),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    freeze_epochs: int = typer.Option(2, "--freeze-epochs", min=0),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    image_size: int | None = typer.Option(None, "--image-size"),
-    precision: str = typer.Option("auto", "--precision", help="CNN training precision: auto, fp32, bf16, fp16."),
+    pca: str = typer.Option(str(SVM.pca), "--pca"),
+    c: str = typer.Option(",".join(f"{v:g}" for v in SVM.C), "--C"),
+    epochs: int = typer.Option(CNN.epochs, "--epochs", min=1),
+    freeze_epochs: int = typer.Option(CNN.freeze_epochs, "--freeze-epochs", min=0),
+    lr: float = typer.Option(CNN.lr, "--lr", min=0.0),
+    batch_size: int = typer.Option(CNN.batch_size, "--batch-size", min=1),
+    image_size: int | None = typer.Option(CNN.image_size, "--image-size"),
+    precision: str = typer.Option("auto", "--precision", help="CNN training precision: auto (bf16 autocast where the "
+                                   "hardware has it: a benchmark trains several models), fp32, bf16, fp16."),
     seed: int = typer.Option(0, "--seed"),
     explain: int = typer.Option(0, "--explain", min=0, help="Heatmap gallery of the N most confident hits and errors "
                                 "per model, linked from comparison.html."),

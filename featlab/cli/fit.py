@@ -12,7 +12,7 @@ from featlab.detectors.configs import AETrainConfig, Augment, SVMFitConfig, Trai
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
 
-# Option defaults come from the config objects: one default per setting (tests/test_configs.py checks them all).
+# Option defaults come from the config objects: one default per setting (tests/detectors/test_configs.py checks them all).
 SVM, CNN, AUG, AE = SVMFitConfig(), TrainConfig(), Augment(), AETrainConfig()
 
 

@@ -193,6 +193,8 @@ class Detector:
 
     #: Whether :meth:`differentiable` returns a module (known without building it).
     has_gradients: bool = False
+    #: Whether scoring new images writes to the work folder (an SVM caches their embeddings there).
+    writes_to_workspace: bool = False
 
     def differentiable(self) -> nn.Module | None:
         """A torch module, float pixels 0-255 in the model's view -> score with gradients; ``None`` when this

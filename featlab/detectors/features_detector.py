@@ -56,6 +56,8 @@ def _pipeline_parameters(pipeline) -> int:
 class FeatureDetector(Detector):
     """A fitted ``StandardScaler -> PCA -> SVM`` (or one-class) pipeline over a recorded feature extraction."""
 
+    writes_to_workspace = True  # the embeddings of the images it scores are cached in the work folder
+
     def __init__(self, svm: SVMModel, options: LoadOptions) -> None:
         threshold, score_kind = score_rule(svm.pipeline)
         super().__init__(svm.folder, svm.meta, threshold, score_kind, options.workspace,

@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from featlab import LABELS, __version__
 from featlab.core.errors import FeatlabError
 from featlab.core.versions import library_versions, utc_now
-from featlab.detectors.classical import FitResult, fit_svm, pca_summary, scores
+from featlab.detectors.classical import FitResult, fit_svm, pca_summary
 from featlab.detectors.configs import SVMFitConfig
 from featlab.detectors.modelfile import check_sealed, refuse_existing_model, save_new_model_folder, verified_artifact
 from featlab.detectors.streaming import BYTES_PER_VALUE, resident_bytes
@@ -72,9 +72,6 @@ class SVMModel:
     @property
     def name(self) -> str:
         return self.folder.name
-
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, float, str]:
-        return scores(self.pipeline, X)
 
 
 def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int = 0, device: str = "auto",

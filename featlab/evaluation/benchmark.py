@@ -32,6 +32,7 @@ from featlab.core.versions import hardware, library_versions, utc_now
 from featlab.core.workspace import Workspace
 from featlab.data.dataset import scan_dataset
 from featlab.data.groups import find_groups, groups_for
+from featlab.detectors.configs import SVMFitConfig, TrainConfig
 from featlab.detectors.modelfile import update_model_meta
 from featlab.features.backbones import get_spec, load_backbone, resolve_auto
 from featlab.features.extract import Extractor, extract_manifest
@@ -39,6 +40,9 @@ from featlab.features.recipe import FeatureRecipe, default_recipe
 from featlab.reports.report import is_synthetic, write_comparison
 
 log = logging.getLogger(__name__)
+
+
+_SVM, _CNN = SVMFitConfig(), TrainConfig()  # the fit and training defaults, in one place
 
 
 @dataclass
@@ -59,13 +63,13 @@ class BenchmarkSettings:
     backbones: list[str] = field(default_factory=lambda: ["auto"])
     recipes: list[dict] = field(default_factory=list)
     archs: list[str] = field(default_factory=lambda: ["resnet50-opennsfw"])
-    pca: int | float | None = 256
-    C: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
-    gamma: list = field(default_factory=lambda: ["scale"])
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    freeze_epochs: int = 2
+    pca: int | float | None = _SVM.pca
+    C: list[float] = field(default_factory=lambda: list(_SVM.C))
+    gamma: list = field(default_factory=lambda: list(_SVM.gamma))
+    epochs: int = _CNN.epochs
+    batch_size: int = _CNN.batch_size
+    lr: float = _CNN.lr
+    freeze_epochs: int = _CNN.freeze_epochs
     precision: str = "auto"
     image_size: int | None = None
     seed: int = 0
@@ -89,26 +93,24 @@ def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tu
     return folder, False
 
 
-def _valid_scores(folder: Path, cache) -> dict:
-    """Valid-split metrics of an SVM model folder (overall and per group): selection figures only."""
-    from featlab.detectors.svm import load_svm
+def _valid_scores(detector, cache) -> dict:
+    """Valid-split metrics of a loaded SVM (overall and per group): selection figures only."""
+    from featlab.detectors.svm import check_features
 
-    svm = load_svm(folder, cache)
+    check_features(detector.meta, cache)
     X, y, index = cache.load_split("valid")
-    score, threshold, _ = svm.score(X)
+    score, threshold = detector.score_features(X), detector.threshold
     root = cache.meta.get("data_root", "")
     groups = group_metrics(y, score, threshold, groups_for(list(index.path), find_groups(root) if root else {}))
     return {"metrics": binary_metrics(y, score, threshold), "groups": groups}
 
 
-def _transfer_scores(folder: Path, cache, settings: BenchmarkSettings) -> list[dict]:
+def _transfer_scores(meta: dict, cache, settings: BenchmarkSettings) -> list[dict]:
     """Cross-source transfer on valid: fit on the train images of one source, score the valid images of
     every other source (with the model's chosen hyper-parameters). Recipes that transfer are preferred,
     since featlab is judged on generators it never saw."""
     from featlab.detectors.classical import build_pipeline, scores
-    from featlab.detectors.modelfile import read_model_meta
 
-    meta = read_model_meta(folder)
     root = cache.meta.get("data_root", "")
     known = find_groups(root) if root else {}
     X_train, y_train, train_index = cache.load_split("train")
@@ -175,6 +177,7 @@ def run_benchmark(
     progress: bool = True, echo=print,
 ) -> dict:
     """Run the comparison and write the report folder (see module docstring). Returns the summary dict."""
+    from featlab.detectors.base import load
     from featlab.evaluation.evaluate import evaluate_model
 
     settings = settings or BenchmarkSettings()
@@ -201,18 +204,19 @@ def run_benchmark(
             fit_started = time.perf_counter()
             folder, reused = _svm_fit(result.cache, workspace, model_name, settings)
             fit_seconds = time.perf_counter() - fit_started
+            detector = load(folder, workspace)  # once, for the valid figures and the test report
             echo(f"  svm {folder.name}: " + ("reusing the finished model" if reused else f"fitted in {fit_seconds:.1f} s"))
             row = {"backbone": name, "recipe": recipe.as_dict(), "describe": recipe.describe(), "dim": recipe.dim(spec),
                    "model": folder.name, "extract_seconds": seconds, "computed": result.computed,
                    "extract_images_per_s": result.cache.meta.get("extract_images_per_s"),
                    "fit_seconds_this_run": fit_seconds, "default": recipe == final}
             if "valid" in set(manifest.split):
-                row["valid"] = _valid_scores(folder, result.cache)
-                row["transfer"] = _transfer_scores(folder, result.cache, settings)
+                row["valid"] = _valid_scores(detector, result.cache)
+                row["transfer"] = _transfer_scores(detector.meta, result.cache, settings)
                 echo(f"  valid ROC-AUC {row['valid']['metrics']['roc_auc']:.4f}")
             summary["recipes"].append(row)
             if recipe == final:
-                report, path = evaluate_model(folder, workspace, split="test", explain=settings.explain)
+                report, path = evaluate_model(detector, workspace, split="test", explain=settings.explain)
                 reports.append(report)
                 summary["models"].append({"family": "svm", "model": folder.name, "report": str(path)})
 
@@ -221,7 +225,8 @@ def run_benchmark(
         train_started = time.perf_counter()
         folder, done = _train_cnn(arch, root, workspace, settings, progress)
         echo(f"train-cnn {arch}: {done}, {time.perf_counter() - train_started:.1f} s this run")
-        report, path = evaluate_model(folder, workspace, split="test", data_root=str(root), explain=settings.explain)
+        report, path = evaluate_model(load(folder, workspace), workspace, split="test", data_root=str(root),
+                                      explain=settings.explain)
         reports.append(report)
         summary["models"].append({"family": "cnn", "model": folder.name, "report": str(path)})
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 import featlab
-
-from .conftest import cli_ok
+from tests.conftest import cli_ok
 
 _watch: dict[str, Counter] = {}  # realpath -> counter of the test running now (audit hooks cannot be removed)
 

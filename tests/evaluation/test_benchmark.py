@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from featlab.cli import app
 from featlab.core.metrics import group_metrics
 from featlab.data.groups import find_groups, read_groups_csv
-
-from .conftest import REAL_SAMPLE, SHARED
+from tests.conftest import REAL_SAMPLE, SHARED
 
 runner = CliRunner()
 FACES = SHARED / "faces"

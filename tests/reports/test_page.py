@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 from featlab.cli import app
 from featlab.reports.page import overlay_curves, params_in_words, short_name, text_color
 from featlab.reports.report import compare_reports, load_reports
-
-from .conftest import cli_ok as ok
-from .conftest import train_svm_and_cnn
+from tests.conftest import cli_ok as ok
+from tests.conftest import train_svm_and_cnn
 
 runner = CliRunner()
 

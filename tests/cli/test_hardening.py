@@ -19,9 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featlab.cli import app
-
-from .conftest import R18, REAL_SAMPLE
-from .conftest import cli_ok as ok
+from tests.conftest import R18, REAL_SAMPLE
+from tests.conftest import cli_ok as ok
 
 runner = CliRunner()
 

@@ -136,8 +136,7 @@ def test_streaming_fit_reads_in_chunks_and_matches_an_in_memory_linear_svm():
 
 def test_fit_svm_max_memory_switches_to_the_streaming_fit(synth_root, tmp_path, monkeypatch):
     from featlab.detectors import streaming
-
-    from .conftest import R18, cli_ok
+    from tests.conftest import R18, cli_ok
 
     work = tmp_path / "work"
     cli_ok("extract", "--data", synth_root, *R18, "--layers", "pool", "--workdir", work)

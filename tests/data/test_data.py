@@ -178,8 +178,7 @@ def test_shipped_real_sample_is_valid_real_and_matches_its_provenance():
 
     from featlab.core.fileio import sha256_file
     from featlab.reports.report import is_synthetic
-
-    from .conftest import REAL_SAMPLE
+    from tests.conftest import REAL_SAMPLE
 
     manifest = scan_dataset(REAL_SAMPLE)
     assert (manifest.status == "ok").all() and len(manifest) == 160

@@ -15,8 +15,7 @@ from featlab.detectors.classical import build_pipeline
 from featlab.detectors.cnn import TrainConfig, train_cnn
 from featlab.detectors.detector import TorchPipeline, load_detector
 from featlab.features.runtime import PixelDetector
-
-from .conftest import R18, cli_ok
+from tests.conftest import R18, cli_ok
 
 
 @pytest.mark.parametrize("options", [

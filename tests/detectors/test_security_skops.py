@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from featlab.core.errors import FeatlabError
 from featlab.detectors.svm import ALLOWED_NODES, TRUSTED_TYPES, _load_skops, _skops_nodes
-
-from .test_hardening import fails_cleanly, run
+from tests.cli.test_hardening import fails_cleanly, run
 
 
 def _json(value) -> dict:

@@ -95,7 +95,7 @@ def test_broken_training_image_is_left_out(synth_root, tmp_path):
 def test_pretrained_recipe_learns_on_real_faces(tmp_path):
     """The default fine-tuning recipe (head-only epoch, per-tensor relative steps, warm-up, clipping)
     lowers the training loss of the real pretrained ResNet-50 on the shipped real faces."""
-    from .conftest import REAL_SAMPLE
+    from tests.conftest import REAL_SAMPLE
 
     config = TrainConfig(arch="resnet50-opennsfw", epochs=3, freeze_epochs=1, batch_size=20, lr=1e-3,
                          precision="auto", patience=5, seed=0)

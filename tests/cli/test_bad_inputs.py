@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from featlab.cli import _bare_ray_means_local
-
-from .conftest import R18, REAL_SAMPLE
-from .conftest import cli_ok as ok
-from .test_hardening import _without_root_reads, fails_cleanly, run
+from tests.cli.test_hardening import _without_root_reads, fails_cleanly, run
+from tests.conftest import R18, REAL_SAMPLE
+from tests.conftest import cli_ok as ok
 
 
 @pytest.fixture(scope="module")

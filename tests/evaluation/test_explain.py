@@ -20,8 +20,7 @@ from featlab.cli import app
 from featlab.detectors.detector import load_detector
 from featlab.evaluation.explain import explain_paths, occlusion_positions
 from featlab.features.specs import Preprocessing
-
-from .conftest import R18, cli_ok
+from tests.conftest import R18, cli_ok
 
 SVM_OCCLUSION = {"patch": 56, "stride": 28}  # the 64 px images are scaled up to resnet18's 224 px input
 

@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 
 from featlab.cli import app
 from featlab.data.perturb import Perturbation, parse_levels
-
-from .conftest import REAL_SAMPLE, train_svm_and_cnn
-from .conftest import cli_ok as ok
-from .test_hardening import fails_cleanly
+from tests.cli.test_hardening import fails_cleanly
+from tests.conftest import REAL_SAMPLE, train_svm_and_cnn
+from tests.conftest import cli_ok as ok
 
 runner = CliRunner()
 
@@ -174,8 +173,7 @@ def test_augmentation_draws_are_per_image_and_deterministic():
 def test_fit_svm_trains_on_the_dataset_it_is_told(synth_root, tmp_path):
     """A cache holding two datasets: fit-svm says which one it trains on, and --data picks it."""
     from data_prep.synth import make_synthetic_dataset
-
-    from .conftest import R18
+    from tests.conftest import R18
 
     other = make_synthetic_dataset(tmp_path / "other", {"train": 10, "valid": 4, "test": 4}, size=64, seed=3)
     work = tmp_path / "work"

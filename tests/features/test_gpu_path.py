@@ -11,8 +11,7 @@ from featlab.cli import app
 from featlab.core.errors import FeatlabError
 from featlab.features.distributed import _actor_plan
 from featlab.features.runtime import default_workers, resolve_device, resolve_precision
-
-from .conftest import R18
+from tests.conftest import R18
 
 has_cuda = torch.cuda.is_available()
 
@@ -57,8 +56,7 @@ def test_ray_runs_one_actor_per_gpu_and_one_per_two_cores_otherwise():
 @pytest.mark.skipif(not has_cuda, reason="no CUDA device here: the GPU numbers are checked where one exists")
 def test_cuda_extraction_equals_the_cpu_within_precision(synth_root, tmp_path):
     from featlab.features.cache import EmbeddingCache
-
-    from .conftest import cli_ok
+    from tests.conftest import cli_ok
 
     runs = {}
     for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):

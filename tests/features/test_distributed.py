@@ -13,8 +13,7 @@ import pytest
 
 from data_prep.synth import make_synthetic_dataset
 from featlab.features.cache import EmbeddingCache
-
-from .conftest import R18, cli_ok
+from tests.conftest import R18, cli_ok
 
 
 def _embeddings(work):
@@ -86,7 +85,7 @@ def test_predict_and_evaluate_on_ray_equal_a_local_run(synth_root, tmp_path):
 
     import pandas as pd
 
-    from .conftest import train_svm_and_cnn
+    from tests.conftest import train_svm_and_cnn
 
     work = train_svm_and_cnn(tmp_path / "work", synth_root, "svm", "1")
     bad = tmp_path / "folder"

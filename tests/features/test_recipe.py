@@ -143,9 +143,8 @@ def test_concatenated_caches_fit_evaluate_predict_and_refuse_single_features(syn
 
     from featlab.detectors.svm import load_svm
     from featlab.features.cache import find_caches
-
-    from .conftest import R18, REAL_SAMPLE
-    from .conftest import cli_ok as ok
+    from tests.conftest import R18, REAL_SAMPLE
+    from tests.conftest import cli_ok as ok
 
     work = tmp_path / "work"
     ok("extract", "--data", synth_root, *R18, "--layers", "layer2", "--pooling", "avg", "--workdir", work)

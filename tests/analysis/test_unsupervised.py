@@ -12,8 +12,7 @@ import torch
 from featlab.analysis.clustering import cluster_scores, purity, run_clustering
 from featlab.detectors.autoencoder import AETrainConfig, load_ae, train_ae
 from featlab.detectors.oneclass import ONECLASS, build_oneclass
-
-from .conftest import R18, cli_ok
+from tests.conftest import R18, cli_ok
 
 
 def test_cluster_scores_match_hand_computed_values():
