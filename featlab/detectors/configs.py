@@ -13,7 +13,8 @@ from featlab.core.errors import FeatlabError
 
 #: CNN architectures ``train-cnn`` builds (``auto``: resnet50 when its torchvision weights are on disk, else
 #: the offline resnet50-opennsfw, as ``extract --backbone auto``).
-ARCHS = ("resnet18", "resnet50", "densenet121", "resnet50-opennsfw", "custom")
+ARCHS = ("resnet18", "resnet50", "densenet121", "resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite1",
+         "efficientnet-lite2", "dinov2-vits14", "custom")
 SVM_SOLVERS = ("svc", "linear", "nystroem")
 SVM_KERNELS = ("rbf", "linear")
 AUGMENTS = ("jpeg", "blur")

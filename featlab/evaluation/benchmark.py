@@ -265,6 +265,29 @@ def _copy_plots(reports: list[dict], folder: Path) -> None:
                 shutil.copyfile(path, folder / f"{report['model']['name']}-{name}.png")
 
 
+def _auc(metrics: dict) -> str:
+    """ROC-AUC with its 95 % interval, as the results page prints it."""
+    interval = metrics.get("roc_auc_ci")
+    return _f(metrics.get("roc_auc")) + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+
+
+def _overlap_note(recipes: list[dict]) -> str:
+    """Which recipes the valid split cannot tell apart from the best one (their 95 % intervals overlap)."""
+    scored = [(r["valid"]["metrics"], r["describe"], r["backbone"]) for r in recipes
+              if r.get("valid", {}).get("metrics", {}).get("roc_auc_ci")]
+    if len(scored) < 2:
+        return "One recipe scored: nothing to tell apart."
+    best = max(scored, key=lambda item: item[0]["roc_auc"])
+    low = best[0]["roc_auc_ci"][0]
+    tied = [f"{backbone} {describe}" for m, describe, backbone in scored
+            if m is not best[0] and m["roc_auc_ci"][1] >= low]
+    head = f"Best on valid: {best[2]} {best[1]} (ROC-AUC {_auc(best[0])})."
+    if not tied:
+        return head + " No other recipe's 95% interval reaches its lower bound."
+    return (head + f" Within its interval (not distinguishable on this valid split): {', '.join(tied)}; "
+            "a gain smaller than the interval is noise.")
+
+
 def _f(value) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
@@ -313,7 +336,7 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             "Each row: embeddings of one recipe -> StandardScaler -> PCA -> SVC, C (and gamma) chosen on valid by "
             "balanced accuracy, fitted on train. Selection figures, not test results.",
             "",
-            "| backbone | recipe | dim | valid ROC-AUC | " + " | ".join(f"valid AUC {g}" for g in group_names)
+            "| backbone | recipe | dim | valid ROC-AUC (95% CI) | " + " | ".join(f"valid AUC {g}" for g in group_names)
             + " | extract img/s | default |",
             "|---|---|---|---|" + "---|" * len(group_names) + "---|---|",
         ]
@@ -321,11 +344,12 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             valid = r.get("valid", {})
             per = {g["group"]: g["roc_auc"] for g in valid.get("groups", [])}
             lines.append(
-                f"| {r['backbone']} | {r['describe']} | {r['dim']} | {_f(valid.get('metrics', {}).get('roc_auc'))} | "
+                f"| {r['backbone']} | {r['describe']} | {r['dim']} | {_auc(valid.get('metrics', {}))} | "
                 + " | ".join(_f(per.get(g)) for g in group_names)
                 + f" | {_f(r.get('extract_images_per_s'))} | {'yes' if r['default'] else ''} |"
             )
         lines.append("")
+        lines += [_overlap_note(summary["recipes"]), ""]
         pairs = list(dict.fromkeys((t["train"], t["test"]) for r in summary["recipes"] for t in r.get("transfer", [])
                                    if t["train"] != t["test"]))
         if pairs:
@@ -352,16 +376,16 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             f"### {model['name']}",
             "",
             f"{model['kind'].upper()}, backbone {model['backbone']}, weights {model['weights']}. "
-            f"Test: ROC-AUC {_f(m['roc_auc'])}, AP {_f(m['average_precision'])}, accuracy {_f(m['accuracy'])}, "
+            f"Test: ROC-AUC {_auc(m)}, AP {_f(m['average_precision'])}, accuracy {_f(m['accuracy'])}, "
             f"EER {_f(m['eer'])}; real accuracy {_f(m['per_class_accuracy']['real'])}, "
             f"fake accuracy {_f(m['per_class_accuracy']['fake'])}.",
             "",
         ]
         if groups:
-            lines += ["| group | n (real/fake) | ROC-AUC | AP | accuracy | EER | scored against |",
+            lines += ["| group | n (real/fake) | ROC-AUC (95% CI) | AP | accuracy | EER | scored against |",
                       "|---|---|---|---|---|---|---|"]
             lines += [
-                f"| {g['group']} | {g['n']} ({g['n_real']}/{g['n_fake']}) | {_f(g['roc_auc'])} | "
+                f"| {g['group']} | {g['n']} ({g['n_real']}/{g['n_fake']}) | {_auc(g)} | "
                 f"{_f(g['average_precision'])} | {_f(g['accuracy'])} | {_f(g['eer'])} | {g['scored_against']} |"
                 for g in groups
             ]

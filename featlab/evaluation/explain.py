@@ -102,13 +102,25 @@ def gradcam_maps(detector: Detector, batch_uint8: torch.Tensor, plus_plus: bool 
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
+    from featlab.features.backbones import BACKBONES
+
     network = detector.differentiable().networks[0]
     cam_class = GradCAMPlusPlus if plus_plus else GradCAM
     # the network's weights are frozen: the input carries the graph the CAM gradients flow through
     x = detector.prep.normalize(batch_uint8.to(detector.device)).requires_grad_(True)
-    with torch.enable_grad(), cam_class(model=network, target_layers=[cam_layer(detector)]) as cam:
+    spec = BACKBONES.get(detector.meta["arch"])
+    reshape = _tokens_to_grid if spec is not None and spec.tokens else None
+    with torch.enable_grad(), cam_class(model=network, target_layers=[cam_layer(detector)],
+                                        reshape_transform=reshape) as cam:
         maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
     return np.asarray(maps, dtype=np.float64)
+
+
+def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """A ViT block's (N, 1 + h*w, C) tokens -> (N, C, h, w) patch maps (class token dropped), for Grad-CAM."""
+    patches = tokens[:, 1:]
+    side = int(round(patches.shape[1] ** 0.5))
+    return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
 
 
 def gradient_maps(detector: Detector, batch_uint8: torch.Tensor, smooth: float = 4.0) -> np.ndarray:

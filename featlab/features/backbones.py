@@ -25,7 +25,7 @@ from torch import nn
 
 from featlab.core.errors import FeatlabError
 from featlab.core.fileio import load_tensor_file, sha256_file
-from featlab.features import opennsfw
+from featlab.features import dinov2, efficientnet_lite, opennsfw
 from featlab.features.specs import RANDOM_WEIGHTS, Backbone, BackboneSpec, Preprocessing
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Preprocessing", "load_backbone", "resolve_auto"]
@@ -88,6 +88,8 @@ def _registry() -> dict[str, BackboneSpec]:
         _tv_entry("densenet201", m.DenseNet201_Weights.IMAGENET1K_V1, "classifier", 1920),
     ]
     entries.append(opennsfw.SPEC)
+    entries.extend(efficientnet_lite.SPECS.values())
+    entries.append(dinov2.SPEC)
     return {e.name: e for e in entries}
 
 
@@ -187,6 +189,10 @@ def load_backbone(name: str = AUTO, weights: str = "default") -> Backbone:
     name, _ = resolve_auto(name)
     spec = get_spec(name)
     if spec.head is None:  # not a torchvision model: the entry loads itself
+        if spec.name in efficientnet_lite.SPECS:
+            return efficientnet_lite.load(spec.name, weights)
+        if spec.name == dinov2.NAME:
+            return dinov2.load(weights)
         return opennsfw.load(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -25,7 +25,9 @@ from torch import nn
 from featlab.core.errors import FeatlabError
 from featlab.features.specs import VIEWS, BackboneSpec
 
-POOLINGS = ("avg", "avg+std", "gem")
+POOLINGS = ("avg", "avg+std", "gem", "cls", "cls+avg")
+#: Poolings of token maps only (ViT stages: the class token, and the class token beside the mean patch token).
+TOKEN_POOLINGS = ("cls", "cls+avg")
 POOL_LAYER = "pool"
 GEM_P = 3.0
 
@@ -59,13 +61,19 @@ class FeatureRecipe:
             raise FeatlabError(f"layers: {','.join(self.layers)} names a stage twice")
         if self.pooling not in POOLINGS:
             raise FeatlabError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling in TOKEN_POOLINGS and not spec.tokens:
+            raise FeatlabError(f"pooling {self.pooling} is for ViT token maps; {spec.name} has feature maps "
+                               "(use avg, avg+std or gem)")
+        if self.pooling == "gem" and spec.tokens:
+            raise FeatlabError(f"pooling gem is for non-negative feature maps; {spec.name} outputs tokens "
+                               "(use cls, avg, avg+std or cls+avg)")
         if self.view not in VIEWS:
             raise FeatlabError(f"view must be one of {', '.join(VIEWS)}, got {self.view!r}")
         return self
 
     def dim(self, spec: BackboneSpec) -> int:
         """Length of the embedding this recipe gives on ``spec``."""
-        per_channel = 2 if self.pooling == "avg+std" else 1
+        per_channel = 2 if self.pooling in ("avg+std", "cls+avg") else 1
         return sum(spec.embed_dim if name == POOL_LAYER else spec.stages[name][1] * per_channel for name in self.layers)
 
     @property
@@ -93,12 +101,16 @@ CLASSIC = FeatureRecipe()
 
 
 def default_recipe(spec: BackboneSpec) -> FeatureRecipe:
-    """featlab's default: the two middle stages, mean + std pooled, on the image's own pixels.
+    """featlab's default: the two middle stages (or the entry's ``default_layers``), mean + std pooled, on the
+    image's own pixels.
 
     Chosen on the valid split of the combined ``../shared/faces`` build (docs/results.md has
     the recipe table); a backbone without declared stages falls back to :data:`CLASSIC`.
     """
     stages = list(spec.stages)
+    if spec.default_layers:
+        return FeatureRecipe(layers=tuple(spec.default_layers), pooling="cls+avg" if spec.tokens else "avg+std",
+                             view="native", flip=False)
     if len(stages) < 3:
         return CLASSIC
     return FeatureRecipe(layers=tuple(stages[1:3]), pooling="avg+std", view="native", flip=False)
@@ -128,10 +140,23 @@ def parse_recipe(
 
 
 def pool_map(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C) or (N, 2C) for ``avg+std``, computed in float32."""
+    """(N, C, H, W) -> (N, C) or (N, 2C) for ``avg+std``, computed in float32. A ViT's token map (N, 1 + P, C),
+    class token first, is pooled over its patch tokens (``avg``, ``avg+std``) or by its class token (``cls``,
+    ``cls+avg``: class token, then the mean patch token)."""
     x = feature_map.float()
     if x.ndim == 2:  # already pooled
         return x
+    if x.ndim == 3:
+        cls, patches = x[:, 0], x[:, 1:]
+        if pooling == "cls":
+            return cls
+        if pooling == "cls+avg":
+            return torch.cat([cls, patches.mean(dim=1)], dim=1)
+        if pooling == "avg":
+            return patches.mean(dim=1)
+        if pooling == "avg+std":
+            return torch.cat([patches.mean(dim=1), patches.std(dim=1, correction=0)], dim=1)
+        raise FeatlabError(f"pooling {pooling!r} does not apply to token maps")
     if pooling == "avg":
         return x.mean(dim=(2, 3))
     if pooling == "avg+std":

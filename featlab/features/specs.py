@@ -109,6 +109,10 @@ class BackboneSpec:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     #: Named feature maps a recipe can pool: name -> (submodule of the embedding model, channels).
     stages: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: The stages featlab's default recipe pools (None: the two middle ones of :attr:`stages`).
+    default_layers: tuple[str, ...] | None = None
+    #: Stages output token maps (N, 1 + patches, width) with a class token first (a ViT), not (N, C, H, W).
+    tokens: bool = False
 
 
 @dataclass

@@ -21,7 +21,7 @@ from featlab import __version__
 from featlab.core.errors import FeatlabError
 from featlab.core.fileio import atomic_write_json, atomic_write_text, read_json
 from featlab.core.versions import library_versions, utc_now
-from featlab.reports.tables import COLUMNS, format_cell, table_cells, to_markdown  # noqa: F401 - re-exported
+from featlab.reports.tables import COLUMNS, format_cell, interval_text, table_cells, to_markdown  # noqa: F401
 
 SCHEMA = "featlab.reports.report/1"
 SYNTHETIC_MARK = "SYNTHETIC"
@@ -201,8 +201,8 @@ def print_metrics(report: dict) -> str:
         f"weights {report['model']['weights']})",
         f"data    {d['root']} split={d['split']} n={d['n_images']}" + ("  [SYNTHETIC data]" if d["synthetic"] else ""),
         f"accuracy {fmt(m['accuracy'])}  precision {fmt(m['precision'])}  recall {fmt(m['recall'])}  f1 {fmt(m['f1'])}",
-        f"roc_auc  {fmt(m['roc_auc'])}  AP {fmt(m['average_precision'])}  EER {fmt(m['eer'])}  "
-        f"threshold {m['threshold']:g}",
+        f"roc_auc  {fmt(m['roc_auc'])}" + (f" (95% CI {interval_text(m['roc_auc_ci'])})" if m.get("roc_auc_ci") else "")
+        + f"  AP {fmt(m['average_precision'])}  EER {fmt(m['eer'])}  threshold {m['threshold']:g}",
         f"per-class accuracy: real {fmt(m['per_class_accuracy']['real'])}  fake {fmt(m['per_class_accuracy']['fake'])}"
         + (f"  best-threshold accuracy {fmt(m['best_threshold_accuracy_oracle'])} (oracle: threshold chosen on "
            "these labels)" if m.get("best_threshold_accuracy_oracle") is not None else ""),
@@ -214,8 +214,9 @@ def print_metrics(report: dict) -> str:
         lines.append("per group (one-class groups: ROC-AUC/AP against all real images, accuracy = recall):")
         for g in groups:
             lines.append(
-                f"  {g['group']:<20} n={g['n']:<5} roc_auc {fmt(g['roc_auc'])}  AP {fmt(g['average_precision'])}  "
-                f"accuracy {fmt(g['accuracy'])}"
+                f"  {g['group']:<20} n={g['n']:<5} roc_auc {fmt(g['roc_auc'])}"
+                + (f" ({interval_text(g['roc_auc_ci'])})" if g.get("roc_auc_ci") else "")
+                + f"  AP {fmt(g['average_precision'])}  accuracy {fmt(g['accuracy'])}"
             )
     return "\n".join(lines)
 

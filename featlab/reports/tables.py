@@ -12,6 +12,7 @@ COLUMNS = [
     ("accuracy", lambda r: r["metrics"]["accuracy"], True),
     ("f1", lambda r: r["metrics"]["f1"], True),
     ("roc_auc", lambda r: r["metrics"]["roc_auc"], True),
+    ("95% CI", lambda r: interval_text(r["metrics"].get("roc_auc_ci")), None),  # ROC-AUC's, see core.metrics
     ("AP", lambda r: r["metrics"]["average_precision"], True),
     ("EER", lambda r: r["metrics"]["eer"], False),
     ("train s", lambda r: r["costs"]["train_seconds"], False),
@@ -21,9 +22,16 @@ COLUMNS = [
 ]
 
 
+def interval_text(interval) -> str | None:
+    """``[low, high]`` -> ``"0.812-0.870"`` (None when there is no interval)."""
+    return None if not interval else f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def best_mask(table: pd.DataFrame) -> pd.DataFrame:
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     for column, _, higher in COLUMNS:
+        if higher is None:  # not ranked
+            continue
         values = pd.to_numeric(table[column], errors="coerce")
         if values.notna().any():
             best = values.max() if higher else values.min()

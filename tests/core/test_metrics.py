@@ -98,3 +98,27 @@ def test_best_threshold_accuracy_and_one_class_sets():
     assert fakes_only["roc_auc"] is None and fakes_only["eer"] is None
     assert fakes_only["fake_accuracy"] == pytest.approx(2 / 3) and fakes_only["real_accuracy"] is None
     assert "one class only (fake images)" in fakes_only["notes"][0]
+
+
+def test_roc_auc_interval_is_seeded_brackets_the_auc_and_covers_the_truth():
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+
+    from featlab.core.metrics import binary_metrics, roc_auc_interval
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(150), np.ones(150)].astype(int)
+    s = np.round(rng.normal(size=300) + y, 1)  # rounded: ties, which count one half
+    low, high = roc_auc_interval(y, s)
+    assert roc_auc_interval(y, s) == [low, high] and low < roc_auc_score(y, s) < high
+    assert binary_metrics(y, s, 0.5)["roc_auc_ci"] == [low, high]
+    assert roc_auc_interval(y, np.where(y == 1, 2.0, 1.0)) == [1.0, 1.0]
+    assert roc_auc_interval(np.ones(5), np.arange(5.0)) is None
+    # coverage: simulated sets with a known AUC (normal scores shifted by d: AUC = Phi(d / sqrt 2))
+    truth, hits = float(norm.cdf(1 / np.sqrt(2))), 0
+    for trial in range(150):
+        r = np.random.default_rng(100 + trial)
+        yy = np.r_[np.zeros(60), np.ones(90)].astype(int)
+        lo, hi = roc_auc_interval(yy, r.normal(size=150) + yy, resamples=400, seed=trial)
+        hits += lo <= truth <= hi
+    assert 0.88 <= hits / 150 <= 0.99, hits / 150
