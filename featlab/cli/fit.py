@@ -197,6 +197,34 @@ def fit_oneclass_command(
     _print_reports(report_splits(detector, ws, ("test",)))
 
 
+@app.command("fit-ensemble")
+@friendly
+def fit_ensemble_command(
+    models: list[str] = typer.Argument(..., help="Two or more model folders or names under models/ (e.g. an SVM and "
+                                       "a fine-tuned CNN)."),
+    data: Path = typer.Option(..., "--data", help="Dataset whose valid split scales the members (its test split is "
+                              "reported)."),
+    name: str | None = typer.Option(None, "--name", help="Model folder name under models/."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model folder --name (and its reports)."),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Path | None = WORKDIR_OPTION,
+) -> None:
+    """A score-level ensemble: each member's score minus its threshold, divided by its spread on the valid split,
+    averaged (fake at >= 0). A model kind of its own: evaluate, predict, robustness and compare take it."""
+    existing_dir(data)
+    check_device(device)
+    from featlab.detectors.base import load
+    from featlab.detectors.ensemble import fit_ensemble
+    from featlab.evaluation.evaluate import report_splits
+
+    ws = open_workspace(workdir)
+    detector = fit_ensemble([load(m, ws, device=device) for m in models], data, ws, name=name, force=force)
+    for member in detector.meta["members"]:
+        typer.echo(f"member {member['name']} ({member['kind']}): scale {member['scale']:.4g}")
+    typer.echo(f"model: {detector.folder}")
+    _print_reports(report_splits(detector, ws, ("valid", "test"), data_root=str(data)))
+
+
 @app.command("train-ae")
 @friendly
 def train_ae_command(

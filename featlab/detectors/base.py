@@ -55,6 +55,7 @@ KINDS: dict[str, str] = {
     "oneclass": "featlab.detectors.features_detector:load_feature_detector",
     "cnn": "featlab.detectors.network_detector:load_network_detector",
     "ae": "featlab.detectors.network_detector:load_network_detector",
+    "ensemble": "featlab.detectors.ensemble:load_ensemble",
 }
 _LOADERS: dict[str, Callable[[Path, dict, LoadOptions], Detector]] = {}
 
@@ -138,11 +139,11 @@ class Detector:
 
     Attributes
     ----------
-    kind : the model kind (``svm``, ``oneclass``, ``cnn``, ``ae``).
+    kind : the model kind (``svm``, ``oneclass``, ``cnn``, ``ae``, ``ensemble``).
     folder, meta : the model folder and its ``meta.json``.
     threshold : an image is called fake at ``score >= threshold``.
     score_kind : what the score is: ``decision`` (SVM), ``p_fake`` (calibrated SVM), ``logit`` (CNN),
-        ``anomaly`` (one-class detectors, autoencoder).
+        ``anomaly`` (one-class detectors, autoencoder), ``mean_z`` (ensemble).
     device : the torch device it computes on.
     """
 

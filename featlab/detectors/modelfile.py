@@ -40,6 +40,8 @@ REQUIRED = {
     # convolutional autoencoder (featlab.detectors.autoencoder)
     "ae": ("kind", "artifact", "sha256", "bytes", "arch", "config", "preprocessing", "weights_info", "data_root",
            "best_epoch", "threshold", "n_train", "n_valid", "parameters", "seed"),
+    # score-level ensemble of other folders (featlab.detectors.ensemble)
+    "ensemble": ("kind", "artifact", "sha256", "bytes", "members", "rule", "data_root", "n_train", "n_valid", "seed"),
 }
 
 

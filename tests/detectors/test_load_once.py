@@ -102,7 +102,7 @@ def test_saved_model_loads_once_for_many_predictions(models, synth_root, family)
 def test_every_kind_has_one_loader_and_refuses_what_it_cannot_do(models, synth_root):
     from featlab.detectors.base import KINDS
 
-    assert set(KINDS) == {"svm", "oneclass", "cnn", "ae"}
+    assert set(KINDS) == {"svm", "oneclass", "cnn", "ae", "ensemble"}
     svm, cnn = featlab.load(models / "models" / "svm"), featlab.load(models / "models" / "cnn")
     assert (svm.kind, svm.score_kind, svm.threshold) == ("svm", "decision", 0.0)
     assert (cnn.kind, cnn.score_kind, cnn.threshold) == ("cnn", "logit", 0.0)
