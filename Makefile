@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser test demo bench bench-quality bench-explain bench-unsupervised bench-attack docs lint clean
+.PHONY: setup browser test demo bench bench-quality bench-backbones bench-explain bench-unsupervised bench-attack docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench:
 # Results on real faces (../shared/faces): writes docs/results.md. Long (about 30 min on 2 cores): run it alone.
 bench-quality:
 	$(PY) tests/benchmarks/bench_quality.py
+
+# Every offline backbone on the real faces, valid in and across sources, the stated selection rule, test, speed
+# -> docs/results-backbones.md. About 15 min on a first run: run it alone.
+bench-backbones:
+	$(PY) tests/benchmarks/bench_backbones.py
 
 # Do heatmaps point at the edit? CIPLAB hit rate + explain timings -> docs/results-explain.md (after bench-quality).
 bench-explain:

@@ -4,6 +4,7 @@ One subpackage per layer; imports only go down this list (an import-linter contr
 and by ``tests/test_architecture.py``, which also refuses any import circle)::
 
     cli          the thin typer command line
+    service      featlab serve: detectors loaded once, scored over HTTP (FastAPI)
     evaluation   evaluate / predict, robustness, attack, explain, benchmark, estimators   | analysis: clustering
     reports      the JSON report schema, tables, plots, the comparison page
     detectors    model folders and the one loaded-model object (featlab.load -> Detector, a loader per kind):

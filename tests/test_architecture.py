@@ -68,4 +68,4 @@ def test_few_modules_left_at_the_top():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= 8, top
     layers = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-    assert layers == ["analysis", "cli", "core", "data", "detectors", "evaluation", "features", "reports"]
+    assert layers == ["analysis", "cli", "core", "data", "detectors", "evaluation", "features", "reports", "service"]

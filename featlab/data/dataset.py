@@ -38,7 +38,7 @@ MANIFEST_COLUMNS = ["path", "split", "label", "label_name", "bytes", "sha256", "
 Image.MAX_IMAGE_PIXELS = None
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_rgb(path: str | os.PathLike | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file into an 8-bit RGB PIL image, or raise :class:`BadImageError`.
 
     Handles EXIF orientation, CMYK, alpha (composited on white), palette, 16-bit and
@@ -46,20 +46,23 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
 
     Parameters
     ----------
-    path : path of the image file.
+    path : path of the image file, or its bytes (an upload to the service).
     max_pixels : refuse images with more pixels than this (decompression-bomb guard).
 
     Returns
     -------
     PIL.Image.Image in mode ``"RGB"``.
     """
-    path = Path(path)
+    import io
+
+    data = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else None
+    path = Path(path) if data is None else None
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise BadImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data is not None else path)
             if image.width * image.height > max_pixels:
                 raise BadImageError(
                     f"{image.width}x{image.height} pixels exceeds the {max_pixels:,}-pixel limit "

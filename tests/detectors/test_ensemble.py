@@ -60,3 +60,43 @@ def test_an_ensemble_whose_member_changed_is_refused_in_one_line(members, synth_
     assert result.output.strip().splitlines()[-1].startswith("featlab: error: pair: member svm changed since")
     one = CliRunner().invoke(app, ["fit-ensemble", "svm", "--data", str(synth_root), "--workdir", str(work)])
     assert one.exit_code == 1 and "at least two models" in one.output
+
+
+def test_crafted_ensemble_folders_are_refused_in_one_line(members, synth_root, tmp_path):
+    import hashlib
+    import shutil
+
+    from featlab.core.errors import FeatlabError
+
+    work = members
+    cli_ok("fit-svm", "--pca", "8", "--C", "1", "--workdir", work, "--name", "svm2", "--force")
+    cli_ok("fit-ensemble", "svm2", "cnn", "--data", synth_root, "--name", "crafted", "--workdir", work, "--force")
+    original = work / "models" / "crafted"
+
+    def variant(name, edit_meta=None, artifact_bytes=None):
+        folder = tmp_path / name
+        shutil.copytree(original, folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        if artifact_bytes is not None:
+            (folder / "ensemble.json").write_bytes(artifact_bytes)
+            meta["sha256"] = hashlib.sha256(artifact_bytes).hexdigest()  # a consistent hash: the content is refused
+        if edit_meta:
+            edit_meta(meta)
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return folder
+
+    def rescale(meta):
+        meta["members"][0]["scale"] *= 100
+
+    def elsewhere(meta):
+        meta["members"][0]["folder"] = str(tmp_path / "no-such-model")
+
+    cases = {
+        "not json": (variant("junk", artifact_bytes=b"\x00\xff not json"), "is not an ensemble file"),
+        "edited scale": (variant("scaled", rescale), "differs from the copy sealed"),
+        "member elsewhere": (variant("moved", elsewhere), "differs from the copy sealed"),
+        "nested": (variant("deep", artifact_bytes=b"[" * 100000), "is not an ensemble file"),
+    }
+    for folder, message in cases.values():
+        with pytest.raises(FeatlabError, match=message):
+            featlab.load(folder, work)
