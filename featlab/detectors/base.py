@@ -58,6 +58,8 @@ KINDS: dict[str, str] = {
     "ensemble": "featlab.detectors.ensemble:load_ensemble",
 }
 _LOADERS: dict[str, Callable[[Path, dict, LoadOptions], Detector]] = {}
+#: file suffix -> "module:function" ``(path, options) -> Detector`` of a detector exported to one file.
+FILE_LOADERS: dict[str, str] = {".onnx": "featlab.detectors.export:load_onnx_file"}
 
 
 def register_kind(kind: str, loader: Callable[[Path, dict, LoadOptions], Detector]) -> None:
@@ -80,7 +82,8 @@ def load(model: str | os.PathLike, workspace: Workspace | str | os.PathLike | No
 
     Parameters
     ----------
-    model : the folder, its name under ``workspace.models``, or ``latest`` (the newest finished model).
+    model : the folder, its name under ``workspace.models``, ``latest`` (the newest finished model), or a
+        ``.onnx`` file written by ``featlab export``.
     workspace : the work folder (a :class:`~featlab.core.workspace.Workspace` or its path; default
         ``$FEATLAB_WORKDIR`` or ``./featlab-work``): where names are looked up and where an SVM caches the
         embeddings of the images it scores. Nothing is written there until an SVM scores new images.
@@ -93,6 +96,10 @@ def load(model: str | os.PathLike, workspace: Workspace | str | os.PathLike | No
         Verified: the artifact's sha256 and sealed metadata are checked before anything is built from it.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    loader = FILE_LOADERS.get(Path(str(model)).suffix)
+    if loader is not None and Path(model).is_file():  # a detector exported to one file (featlab export)
+        module, function = loader.split(":")
+        return getattr(importlib.import_module(module), function)(model, LoadOptions(ws, device, trust_pickle))
     try:
         folder = resolve_model(model, ws.models)
     except FeatlabError:

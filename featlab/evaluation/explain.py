@@ -187,6 +187,11 @@ def resolve_method(detector: Detector, method: str) -> str:
 
 
 
+def _label(item) -> str:
+    """A file's path, or ``<upload>`` for image bytes (the service explains uploads)."""
+    return "<upload>" if isinstance(item, (bytes, bytearray, memoryview)) else str(item)
+
+
 def explain_paths(
     detector: Detector, paths: list[str], method: str = "auto", patch: int = 48, stride: int = 24, fill: str = "mean",
     batch_size: int = 16,
@@ -200,7 +205,7 @@ def explain_paths(
         try:
             image = load_rgb(path)
         except BadImageError as error:
-            out[i] = Explanation(str(path), float("nan"), "", method, None, None, str(error))
+            out[i] = Explanation(_label(path), float("nan"), "", method, None, None, str(error))
             continue
         decoded.append((i, prep.to_uint8(image), prep.view_box(image.size)))
     for start in range(0, len(decoded), batch_size):
@@ -215,7 +220,7 @@ def explain_paths(
                 else gradient_maps(detector, batch)
         for (i, _, box), score, raw in zip(chunk, scores, maps):
             verdict = CLASS_NAMES[int(score >= detector.threshold)]
-            out[i] = Explanation(str(paths[i]), float(score), verdict, method, normalise_map(raw), box)
+            out[i] = Explanation(_label(paths[i]), float(score), verdict, method, normalise_map(raw), box)
     return out
 
 

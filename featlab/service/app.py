@@ -3,6 +3,8 @@
 * ``POST /v1/score`` - one or more images (multipart field ``file``, repeatable; optional field ``model``): JSON per
   file with score, score_kind, threshold, verdict, model name and fingerprint, timings; a file that cannot be
   scored gets its reason (the request answers 422 when no file could be scored).
+* ``POST /v1/explain`` - one image: the heatmap over it as a PNG (``method``: auto, occlusion, gradcam, gradient),
+  score and verdict in ``X-Featlab-*`` headers.
 * ``GET /v1/models`` - what is loaded: kind, data, weights, threshold. ``GET /healthz``. ``GET /metrics`` -
   Prometheus text (requests by status, images scored, latency histogram). ``GET /`` - a page to drop images on
   (no external assets).
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from fastapi import FastAPI, Request  # at module level: the endpoints' annotations are resolved from here
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from featlab import CLASS_NAMES, __version__
 from featlab.core.errors import BadImageError, FeatlabError
@@ -212,8 +214,8 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
     async def page():
         return HTMLResponse(PAGE)
 
-    @app.post("/v1/score")
-    async def score(request: Request):
+    async def read_upload(request: Request):
+        """(form, [(filename, bytes)], detector) of a size-checked multipart upload, or the JSON error to answer."""
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes):
             return error(413, f"the upload exceeds {settings.max_upload_bytes:,} bytes")
@@ -238,6 +240,38 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
         detector = by_name.get(str(name))
         if detector is None:
             return error(404, f"no model {name!r} here (loaded: {', '.join(by_name)})")
+        return form, files, detector
+
+    @app.post("/v1/explain")
+    async def explain(request: Request):
+        upload = await read_upload(request)
+        if isinstance(upload, JSONResponse):
+            return upload
+        form, files, detector = upload
+        if len(files) != 1:
+            return error(400, "explain takes one image per request")
+        from featlab.evaluation.explain import resolve_method
+
+        try:
+            method = resolve_method(detector, str(form.get("method") or "auto"))
+        except FeatlabError as bad:
+            return error(400, str(bad))
+        filename, data = files[0]
+        try:
+            png, explanation = await asyncio.get_running_loop().run_in_executor(
+                executor, _explain_png, data, detector, method, settings.max_pixels)
+        except BadImageError as bad:
+            return error(422, f"{filename}: {bad}")
+        return Response(png, media_type="image/png", headers={
+            "X-Featlab-Score": f"{explanation.score:.6g}", "X-Featlab-Verdict": explanation.verdict,
+            "X-Featlab-Method": method, "X-Featlab-Model": detector.name})
+
+    @app.post("/v1/score")
+    async def score(request: Request):
+        upload = await read_upload(request)
+        if isinstance(upload, JSONResponse):
+            return upload
+        _, files, detector = upload
         loop = asyncio.get_running_loop()
 
         async def one(filename: str, data: bytes) -> dict:
@@ -276,6 +310,21 @@ async def _parse_form(body: bytes, headers, max_files: int):
         return await MultiPartParser(Headers(raw=headers.raw), stream(), max_files=max_files + 1, max_fields=16).parse()
     except MultiPartException as bad:
         raise ValueError(f"malformed multipart body: {bad.message}") from None
+
+
+def _explain_png(data: bytes, detector: Detector, method: str, max_pixels: int):
+    """(PNG bytes of the heatmap over the image, the explanation) of one upload (see featlab explain)."""
+    import io
+
+    from featlab.evaluation.explain import explain_paths, overlay
+
+    load_rgb(data, max_pixels=max_pixels)  # the service's pixel limit first
+    explanation = explain_paths(detector, [data], method)[0]
+    if explanation.heatmap is None:
+        raise BadImageError(explanation.reason)
+    buffer = io.BytesIO()
+    overlay(data, explanation).save(buffer, format="PNG")
+    return buffer.getvalue(), explanation
 
 
 def _decode(data: bytes, detector: Detector, max_pixels: int) -> torch.Tensor:

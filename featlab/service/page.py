@@ -13,8 +13,8 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:56rem;padding:0
 small{color:#666}
 </style></head><body>
 <h1>featlab</h1>
-<p>Drop face photos here (or click to pick them). Each is scored by <b id="model">the default model</b>;
-nothing leaves this machine's service.</p>
+<p>Drop face photos here (or click to pick them). Each is scored by <b id="model">the default model</b>,
+with a heatmap of what made it decide; nothing leaves this machine's service.</p>
 <label>model <select id="models"></select></label>
 <div id="drop" tabindex="0">drop images here, or click</div>
 <input id="pick" type="file" accept="image/*" multiple hidden>
@@ -33,6 +33,15 @@ drop.ondragover = e => { e.preventDefault(); drop.classList.add('over'); };
 drop.ondragleave = () => drop.classList.remove('over');
 drop.ondrop = e => { e.preventDefault(); drop.classList.remove('over'); send(e.dataTransfer.files); };
 pick.onchange = () => send(pick.files);
+function explain(files, name, card) {
+  const file = Array.from(files).find(f => f.name === name); if (!file) return;
+  const form = new FormData(); form.append('file', file, file.name);
+  if (select.value) form.append('model', select.value);
+  fetch('v1/explain', {method: 'POST', body: form}).then(r => r.ok ? r.blob() : null).then(b => {
+    if (!b) return; const heat = document.createElement('img'); heat.className = 'heatmap';
+    heat.alt = 'heatmap of ' + name; heat.src = URL.createObjectURL(b); card.appendChild(heat);
+  });
+}
 function send(files) {
   const form = new FormData();
   for (const f of files) form.append('file', f, f.name);
@@ -48,6 +57,7 @@ function send(files) {
              + '<small></small>'; text.querySelector('.score').textContent = r.score.toFixed(4);
              text.querySelector('small').textContent = r.file + ' · ' + r.score_kind + ', fake at >= ' + r.threshold + ' · ' + r.model; }
       card.appendChild(text); out.prepend(card);
+      if (!r.error) explain(files, r.file, card);
     }
     if (!j.results && j.error) { const p = document.createElement('p'); p.className = 'err'; p.textContent = j.error; out.prepend(p); }
   });

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_extract  # noqa: E402
 import bench_ray  # noqa: E402
 import bench_rerun  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_svm  # noqa: E402
 
 if __name__ == "__main__":
@@ -26,3 +27,5 @@ if __name__ == "__main__":
     bench_ray.main(["--images", "200"] if quick else [])
     print("== SVM on synthetic embeddings (dim 2048, PCA 256)", flush=True)
     bench_svm.main(["--sizes", "2000", "--stream", "20000", "--max-memory", "2GB"] if quick else [])
+    print("== featlab serve: 16 clients on loopback vs featlab predict's batch rate", flush=True)
+    bench_serve.main(["--seconds", "5", "--clients", "4"] if quick else [])

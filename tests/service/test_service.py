@@ -198,3 +198,33 @@ def test_micro_batching_puts_concurrent_images_in_one_forward_pass(models, synth
     sizes = {int(line.split('size="')[1].split('"')[0]): int(line.split()[-1]) for line in lines}
     assert sum(k * v for k, v in sizes.items()) == len(paths) and max(sizes) > 1, sizes
     assert np.isfinite(list(sizes.values())).all()
+
+
+def test_serve_takes_an_exported_onnx_file(models, synth_root, tmp_path):
+    work, detectors = models
+    cli_ok("export", "cnn", "--out", tmp_path / "cnn.onnx", "--workdir", work)
+    paths = _images(synth_root, 2)
+    with running([featlab.load(tmp_path / "cnn.onnx", work)]) as url, running(detectors[1:]) as folder_url:
+        exported = httpx.post(f"{url}/v1/score", files=_upload(paths), timeout=60).json()["results"]
+        original = httpx.post(f"{folder_url}/v1/score", files=_upload(paths), timeout=60).json()["results"]
+    assert [r["model"] for r in exported] == ["cnn", "cnn"]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(exported, original)) <= 1e-4
+
+
+def test_explain_returns_the_heatmap_png(models, synth_root):
+    _, detectors = models
+    face = _images(synth_root, 2)[0]
+    with running(detectors) as url:
+        for model, method in (("cnn", "gradcam"), ("svm", "gradient")):
+            answer = httpx.post(f"{url}/v1/explain", files=_upload([face]), data={"model": model, "method": method},
+                                timeout=120)
+            assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", answer.text
+            assert answer.headers["x-featlab-verdict"] in ("real", "fake") and answer.headers["x-featlab-method"] == method
+            image = Image.open(io.BytesIO(answer.content))
+            assert image.size[0] > 16 and image.mode == "RGB"
+        wrong = httpx.post(f"{url}/v1/explain", files=_upload([face]), data={"model": "svm", "method": "gradcam"})
+        assert wrong.status_code == 400 and "needs a CNN" in wrong.json()["error"]
+        two = httpx.post(f"{url}/v1/explain", files=_upload([face, face]))
+        assert two.status_code == 400 and "one image" in two.json()["error"]
+        broken = httpx.post(f"{url}/v1/explain", files=[("file", ("x.png", b"not pixels", "image/png"))])
+        assert broken.status_code == 422 and "not an image format" in broken.json()["error"]
