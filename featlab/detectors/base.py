@@ -209,6 +209,14 @@ class Detector:
         kind has no differentiable form (then explain's gradient methods and attack refuse)."""
         return None
 
+    def frozen(self, module: nn.Module) -> nn.Module:
+        """``module`` on this detector's device, in eval mode, its weights frozen: gradients flow to the input only
+        (what :meth:`differentiable` returns)."""
+        module = module.to(self.device).eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        return module
+
     def require_gradients(self, purpose: str) -> None:
         """Refuse, in one line, a ``purpose`` that needs :meth:`differentiable` on a model that has none."""
         if not self.has_gradients:

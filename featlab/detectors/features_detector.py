@@ -198,10 +198,7 @@ class FeatureDetector(Detector):
                 model = backbone.model.float().eval()
                 networks.append(model if recipe.is_classic else LayerTap(model, backbone.spec, recipe))
                 flips.append(recipe.flip)
-            module = PixelDetector(prep, networks, TorchPipeline(self.pipeline), flips).to(self.device).eval()
-            for p in module.parameters():
-                p.requires_grad_(False)
-            self._differentiable = module
+            self._differentiable = self.frozen(PixelDetector(prep, networks, TorchPipeline(self.pipeline), flips))
         return self._differentiable
 
     # ------------------------------------------------------------------ report sections

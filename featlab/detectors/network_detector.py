@@ -82,10 +82,7 @@ class NetworkDetector(Detector):
         if not self.has_gradients:
             return None
         if self._differentiable is None:
-            module = PixelDetector(self.prep, [self.network.float()]).to(self.device).eval()
-            for p in module.parameters():
-                p.requires_grad_(False)
-            self._differentiable = module
+            self._differentiable = self.frozen(PixelDetector(self.prep, [self.network.float()]))
         return self._differentiable
 
     def describe(self) -> dict:
