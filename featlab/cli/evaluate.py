@@ -77,27 +77,52 @@ def predict(
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
     ray: str | None = RAY_OPTION,
+    faces: str = typer.Option("none", "--faces", help="none: score each image whole; detect: find every face "
+                              "(MTCNN), align it, score it: one row per face, the image's verdict is its most-fake "
+                              "face, an image without a face says so."),
+    face_margin: float = typer.Option(0.2, "--face-margin", min=0.0, max=0.49, help="Context around an aligned face."),
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
-    """Classify images with a saved SVM or CNN model; unreadable files are listed, not fatal.
+    """Classify images with a saved model; unreadable files are listed, not fatal.
 
     Exits 1 when nothing could be classified. A CNN needs no writable work folder (an SVM caches its
     embeddings there)."""
     existing_path(target)
     check_device(device), check_ray(ray)
+    if faces not in ("none", "detect"):
+        raise typer.BadParameter("none or detect", param_hint="--faces")
     from featlab.detectors.base import load
     from featlab.evaluation.evaluate import predict_paths
 
     ws = open_workspace(workdir, writable=False)
     detector = load(model, ws, device=device, trust_pickle=trust_pickle)
-    if detector.writes_to_workspace:
-        ws.ensure_writable()
-    table = predict_paths(detector, target, ws, batch_size=batch_size, device=device, trust_pickle=trust_pickle, ray=ray)
+    if faces == "detect":
+        from featlab.evaluation.faces import predict_faces
+
+        table = predict_faces(detector, target, margin=face_margin)
+    else:
+        if detector.writes_to_workspace:
+            ws.ensure_writable()
+        table = predict_paths(detector, target, ws, batch_size=batch_size, device=device, trust_pickle=trust_pickle,
+                              ray=ray)
     if out:
         from featlab.core.fileio import atomic_write_text
 
         atomic_write_text(out, table.to_csv(index=False))
     ok = table[table.status == "ok"]
+    if faces == "detect":
+        for row in ok.head(20 if out else len(ok)).itertuples():
+            typer.echo(f"{row.label:<5} {row.score:+.4f}  {row.path} face {row.face} at {row.box} "
+                       f"(detector {row.det_score:.2f})")
+        for row in table[table.status != "ok"].itertuples():
+            typer.echo(f"{'no face' if row.status == 'no face' else 'skipped'}: {row.path}: {row.reason}")
+        images = table.drop_duplicates("path")
+        typer.echo(f"{len(ok)} faces in {ok.path.nunique()} images ({(images.image_label == 'fake').sum()} images "
+                   f"called fake by their most-fake face), {(images.status == 'no face').sum()} without a face, "
+                   f"{(images.status == 'quarantined').sum()} skipped" + (f"; written to {out}" if out else ""))
+        if ok.empty:
+            raise FeatlabError(f"no face in {target} could be scored")
+        return
     for row in ok.head(20 if out else len(ok)).itertuples():
         typer.echo(f"{row.label:<5} {row.score:+.4f}  {row.path}")
     for row in table[table.status != "ok"].itertuples():
