@@ -9,7 +9,7 @@ import typer
 from featlab.cli.common import RAY_OPTION, WORKDIR_OPTION, friendly, open_workspace
 from featlab.core.checks import check_device, check_precision, check_ray, existing_dir, existing_path
 from featlab.core.errors import FeatlabError
-from featlab.detectors.configs import SVMFitConfig, TrainConfig
+from featlab.detectors.configs import SVMFitConfig, TrainConfig, grid_text
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
 SVM, CNN = SVMFitConfig(), TrainConfig()  # option defaults, one per setting (tests/detectors/test_configs.py)
@@ -211,7 +211,7 @@ def benchmark(
         "layers[:pooling[:view[:flip]]], e.g. 'pool;layer3:avg+std;layer2,layer3:avg+std:native:flip'."),
     archs: str = typer.Option("resnet50-opennsfw", "--archs", help="Comma-separated CNN archs ('' for none)."),
     pca: str = typer.Option(str(SVM.pca), "--pca"),
-    c: str = typer.Option(",".join(f"{v:g}" for v in SVM.C), "--C"),
+    c: str = typer.Option(grid_text(SVM.C), "--C"),
     epochs: int = typer.Option(CNN.epochs, "--epochs", min=1),
     freeze_epochs: int = typer.Option(CNN.freeze_epochs, "--freeze-epochs", min=0),
     lr: float = typer.Option(CNN.lr, "--lr", min=0.0),

@@ -8,7 +8,7 @@ import typer
 
 from featlab.cli.common import WORKDIR_OPTION, friendly, open_workspace
 from featlab.core.checks import check_device, check_precision, existing_dir
-from featlab.detectors.configs import AETrainConfig, Augment, SVMFitConfig, TrainConfig
+from featlab.detectors.configs import AETrainConfig, Augment, SVMFitConfig, TrainConfig, grid_text
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
 
@@ -16,17 +16,13 @@ app = typer.Typer()  # its commands are merged into the featlab command (featlab
 SVM, CNN, AUG, AE = SVMFitConfig(), TrainConfig(), Augment(), AETrainConfig()
 
 
-def _grid(values: tuple) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
 @app.command("fit-svm")
 @friendly
 def fit_svm_command(
     pca: str = typer.Option(str(SVM.pca), "--pca", help="PCA components (int), variance fraction (e.g. 0.95) or 0 for none."),
     kernel: str = typer.Option(SVM.kernel, "--kernel", help="rbf or linear (solver svc)."),
-    c: str = typer.Option(_grid(SVM.C), "--C", help="C value, or comma-separated grid searched on the valid split."),
-    gamma: str = typer.Option(_grid(SVM.gamma), "--gamma", help="RBF gamma: 'scale', a number, or a comma-separated grid."),
+    c: str = typer.Option(grid_text(SVM.C), "--C", help="C value, or comma-separated grid searched on the valid split."),
+    gamma: str = typer.Option(grid_text(SVM.gamma), "--gamma", help="RBF gamma: 'scale', a number, or a comma-separated grid."),
     class_weight: str | None = typer.Option(SVM.class_weight, "--class-weight", help="'balanced' for unbalanced classes."),
     probability: bool = typer.Option(SVM.probability, "--probability", help="Platt-calibrate scores into p(fake)."),
     solver: str = typer.Option(

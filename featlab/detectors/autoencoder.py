@@ -226,8 +226,7 @@ def load_ae(folder: str | os.PathLike, device: str = "auto",
     model = ConvAutoencoder(meta["config"]["image_size"], meta["config"]["latent_dim"])
     model.load_state_dict(payload["state_dict"], strict=True)
     torch_device = resolve_device(device)
-    prep = Preprocessing(**{**meta["preprocessing"], "mean": tuple(meta["preprocessing"]["mean"]),
-                            "std": tuple(meta["preprocessing"]["std"])})
+    prep = Preprocessing.from_dict(meta["preprocessing"])
     return model.to(torch_device).eval(), prep, meta, torch_device
 
 

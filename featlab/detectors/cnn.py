@@ -456,7 +456,6 @@ def load_cnn(folder: str | os.PathLike, device: str = "auto",
         model.load_state_dict(payload, strict=True)
     except (RuntimeError, TypeError) as error:
         raise FeatlabError(f"{artifact} does not fit arch {arch}: {str(error).splitlines()[0][:160]}") from None
-    prep = Preprocessing(**{**meta["preprocessing"], "mean": tuple(meta["preprocessing"]["mean"]),
-                            "std": tuple(meta["preprocessing"]["std"])})
+    prep = Preprocessing.from_dict(meta["preprocessing"])
     torch_device = resolve_device(device)
     return model.to(torch_device, memory_format=torch.channels_last).eval(), prep, meta, torch_device

@@ -20,6 +20,11 @@ SVM_KERNELS = ("rbf", "linear")
 AUGMENTS = ("jpeg", "blur")
 
 
+def grid_text(values: tuple) -> str:
+    """A grid of candidate values as the command line writes it: ``(0.1, 1.0, 10.0)`` -> ``"0.1,1,10"``."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:

@@ -176,8 +176,7 @@ class OnnxFileDetector(Detector):
     def __init__(self, path: Path, meta: dict, session, options: LoadOptions) -> None:
         super().__init__(path, meta, meta["threshold"], meta["score_kind"], options.workspace, torch.device("cpu"))
         self.session = session
-        recorded = meta["preprocessing"]
-        self._prep = Preprocessing(**{**recorded, "mean": tuple(recorded["mean"]), "std": tuple(recorded["std"])})
+        self._prep = Preprocessing.from_dict(meta["preprocessing"])
 
     @property
     def name(self) -> str:

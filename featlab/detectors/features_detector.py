@@ -83,7 +83,7 @@ class FeatureDetector(Detector):
         if len(views) > 1:
             raise FeatlabError(f"{self.name}: its feature parts see the image through different preprocessing; "
                                "a pixel-level explanation or attack needs one input geometry")
-        return _preprocessing(feature_parts(self.meta)[0][0]["preprocessing"])
+        return Preprocessing.from_dict(feature_parts(self.meta)[0][0]["preprocessing"])
 
     # ------------------------------------------------------------------ scoring
 
@@ -233,10 +233,6 @@ class FeatureDetector(Detector):
 
 def _view_key(preprocessing: dict) -> str:
     return repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in preprocessing.items()))
-
-
-def _preprocessing(recorded: dict) -> Preprocessing:
-    return Preprocessing(**{**recorded, "mean": tuple(recorded["mean"]), "std": tuple(recorded["std"])})
 
 
 def load_feature_detector(folder: Path, meta: dict, options: LoadOptions) -> FeatureDetector:

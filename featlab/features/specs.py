@@ -94,6 +94,11 @@ class Preprocessing:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, recorded: dict) -> Preprocessing:
+        """The inverse of :meth:`as_dict`, for what a model folder or an export recorded (JSON lists -> tuples)."""
+        return cls(**{**recorded, "mean": tuple(recorded["mean"]), "std": tuple(recorded["std"])})
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
