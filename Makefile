@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser test demo bench bench-quality bench-backbones bench-explain bench-unsupervised bench-attack docs lint clean
+.PHONY: setup browser test demo bench bench-quality bench-backbones bench-faces bench-explain bench-unsupervised bench-attack docs lint clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-quality:
 # -> docs/results-backbones.md. About 15 min on a first run: run it alone.
 bench-backbones:
 	$(PY) tests/benchmarks/bench_backbones.py
+
+# Faces in the wild on the real faces: detection rate, whole vs aligned faces (SVM and CNN, combined test and a
+# pasted "wild" set), extraction and video speed -> docs/results-faces.md. About 30 min on a first run: run it alone.
+bench-faces:
+	$(PY) tests/benchmarks/bench_faces.py
 
 # Do heatmaps point at the edit? CIPLAB hit rate + explain timings -> docs/results-explain.md (after bench-quality).
 bench-explain:

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from featlab import __version__
-from featlab.cli import analysis, data, evaluate, explain, features, fit, serve
+from featlab.cli import analysis, data, evaluate, explain, features, fit, serve, video
 from featlab.cli.common import bare_ray_means_local
 
 _bare_ray_means_local = bare_ray_means_local  # the name featlab 0.2 tests import
@@ -54,7 +54,7 @@ def main_options(
 
 app.add_typer(data.app, name="data")
 # one module per command group (the order is the one `featlab --help` lists)
-for _group in (features, fit, analysis, evaluate, explain, serve):
+for _group in (features, fit, analysis, evaluate, video, explain, serve):
     app.registered_commands.extend(_group.app.registered_commands)
 
 

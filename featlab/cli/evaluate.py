@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from featlab.cli.common import RAY_OPTION, WORKDIR_OPTION, friendly, open_workspace
+from featlab.cli.common import (
+    ALLOW_MISMATCH_OPTION,
+    FACE_MARGIN_OPTION,
+    FACE_SIZE_OPTION,
+    RAY_OPTION,
+    SCORING_FACES_OPTION,
+    WORKDIR_OPTION,
+    detector_faces,
+    friendly,
+    open_workspace,
+)
 from featlab.core.checks import check_device, check_precision, check_ray, existing_dir, existing_path
 from featlab.core.errors import FeatlabError
 from featlab.detectors.configs import SVMFitConfig, TrainConfig, grid_text
@@ -33,6 +43,10 @@ def evaluate(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (model.joblib: "
                                       "a pickle, which runs code when loaded). Only for folders you made."),
     ray: str | None = RAY_OPTION,
+    faces: str = SCORING_FACES_OPTION,
+    face_size: int | None = FACE_SIZE_OPTION,
+    face_margin: float | None = FACE_MARGIN_OPTION,
+    allow_mismatch: bool = ALLOW_MISMATCH_OPTION,
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
     """Evaluate saved models (SVM or CNN) on a split of any dataset: JSON report, terminal table and plots.
@@ -51,7 +65,9 @@ def evaluate(
     roots = list(data or [])
     if len(models or []) > 1 and not roots:
         raise typer.BadParameter("a matrix needs --data for every test set", param_hint="--data")
-    folders = [load(m, ws, device=device, trust_pickle=trust_pickle) for m in (models or ["latest"])]
+    folders = [detector_faces(load(m, ws, device=device, trust_pickle=trust_pickle), faces,
+                              roots[0] if roots else None, face_size, face_margin, allow_mismatch)
+               for m in (models or ["latest"])]
     if len(folders) > 1 or len(roots) > 1:
         table, written = evaluate_matrix(folders, roots, ws, split=split, out=out, device=device,
                                          trust_pickle=trust_pickle, ray=ray)
@@ -77,10 +93,13 @@ def predict(
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
     ray: str | None = RAY_OPTION,
-    faces: str = typer.Option("none", "--faces", help="none: score each image whole; detect: find every face "
+    faces: str = typer.Option("model", "--faces", help="model: as the model was trained; detect: find every face "
                               "(MTCNN), align it, score it: one row per face, the image's verdict is its most-fake "
-                              "face, an image without a face says so."),
-    face_margin: float = typer.Option(0.2, "--face-margin", min=0.0, max=0.49, help="Context around an aligned face."),
+                              "face, an image without a face says so; none: score each image whole; auto: detect "
+                              "unless the images are face-aligned portraits. A face model always scores faces."),
+    face_size: int | None = FACE_SIZE_OPTION,
+    face_margin: float | None = FACE_MARGIN_OPTION,
+    allow_mismatch: bool = ALLOW_MISMATCH_OPTION,
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
     """Classify images with a saved model; unreadable files are listed, not fatal.
@@ -89,17 +108,17 @@ def predict(
     embeddings there)."""
     existing_path(target)
     check_device(device), check_ray(ray)
-    if faces not in ("none", "detect"):
-        raise typer.BadParameter("none or detect", param_hint="--faces")
     from featlab.detectors.base import load
     from featlab.evaluation.evaluate import predict_paths
 
     ws = open_workspace(workdir, writable=False)
-    detector = load(model, ws, device=device, trust_pickle=trust_pickle)
-    if faces == "detect":
+    detector = detector_faces(load(model, ws, device=device, trust_pickle=trust_pickle), faces, target, face_size,
+                              face_margin, allow_mismatch)
+    per_face = detector.faces is not None
+    if per_face:
         from featlab.evaluation.faces import predict_faces
 
-        table = predict_faces(detector, target, margin=face_margin)
+        table = predict_faces(detector, target)
     else:
         if detector.writes_to_workspace:
             ws.ensure_writable()
@@ -110,7 +129,7 @@ def predict(
 
         atomic_write_text(out, table.to_csv(index=False))
     ok = table[table.status == "ok"]
-    if faces == "detect":
+    if per_face:
         for row in ok.head(20 if out else len(ok)).itertuples():
             typer.echo(f"{row.label:<5} {row.score:+.4f}  {row.path} face {row.face} at {row.box} "
                        f"(detector {row.det_score:.2f})")

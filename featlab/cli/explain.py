@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from featlab.cli.common import WORKDIR_OPTION, friendly, open_workspace
+from featlab.cli.common import (
+    ALLOW_MISMATCH_OPTION,
+    FACE_MARGIN_OPTION,
+    FACE_SIZE_OPTION,
+    SCORING_FACES_OPTION,
+    WORKDIR_OPTION,
+    detector_faces,
+    friendly,
+    open_workspace,
+)
 from featlab.core.checks import check_device, existing_dir, existing_path
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
@@ -25,9 +34,16 @@ def explain(
     fill: str = typer.Option("mean", "--fill", help="Occlusion fill: mean (the image's mean colour) or blur."),
     device: str = typer.Option("auto", "--device"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a featlab 0.1 SVM folder (a pickle)."),
+    faces: str = SCORING_FACES_OPTION,
+    face_size: int | None = FACE_SIZE_OPTION,
+    face_margin: float | None = FACE_MARGIN_OPTION,
+    allow_mismatch: bool = ALLOW_MISMATCH_OPTION,
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
     """Heatmaps of what made a model call each face fake, on the image, with an index HTML page.
+
+    With a face stage (a model trained with --faces detect, or --faces detect here) the map is computed on the
+    aligned largest face and drawn back, rotated and scaled, onto the original image.
 
     CNNs: Grad-CAM / Grad-CAM++; SVMs: occlusion sensitivity through the normal extraction
     path (its cost is printed first) or gradients through a differentiable copy of the pipeline.
@@ -40,7 +56,8 @@ def explain(
     from featlab.evaluation.explain import explain_target, forward_passes, resolve_method
 
     ws = open_workspace(workdir)
-    detector = load(model, ws, device=device, trust_pickle=trust_pickle)
+    detector = detector_faces(load(model, ws, device=device, trust_pickle=trust_pickle), faces, target, face_size,
+                              face_margin, allow_mismatch)
     scanned = scan_images(target)
     for row in scanned[scanned.status != "ok"].itertuples():
         typer.echo(f"skipped: {row.path}: {row.reason}")

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from featlab.cli.common import RAY_OPTION, WORKDIR_OPTION, friendly, open_workspace
+from featlab.cli.common import (
+    FACE_MARGIN_OPTION,
+    FACE_SIZE_OPTION,
+    FACES_OPTION,
+    RAY_OPTION,
+    WORKDIR_OPTION,
+    echo_auto_faces,
+    friendly,
+    open_workspace,
+)
 from featlab.core.checks import check_device, check_precision, check_ray, existing_dir
 
 app = typer.Typer()  # its commands are merged into the featlab command (featlab.cli)
@@ -37,6 +46,9 @@ def extract(
     view: str | None = typer.Option(None, "--view", help="native (default: centre crop of the image's own "
                                     "pixels, no resampling), crop (the weights' resize + crop) or full."),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Average with the mirrored image (2x cost)."),
+    faces: str = FACES_OPTION,
+    face_size: int | None = FACE_SIZE_OPTION,
+    face_margin: float | None = FACE_MARGIN_OPTION,
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
     """Run a pretrained backbone over every image of every split and cache the embeddings.
@@ -59,8 +71,11 @@ def extract(
     result = extract_dataset(
         data, ws.features, backbone=name, weights=weights, device=device, precision=precision, engine=engine,
         batch_size=batch_size, num_workers=workers, progress=progress, recipe=recipe, shard_size=shard_size,
-        hash_memo=ws.features / HASH_MEMO, ray=ray,
+        hash_memo=ws.features / HASH_MEMO, ray=ray, faces=faces, face_size=face_size,
+        face_margin=0.2 if face_margin is None else face_margin,
     )
+    if faces == "auto":
+        echo_auto_faces(result.faces)
     meta = result.cache.meta
     usable = int((result.manifest.status == "ok").sum())
     typer.echo(f"backbone {name}, weights {meta['weights_info']['source']}, {result.device}, {result.precision}")
@@ -73,6 +88,11 @@ def extract(
     )
     for row in result.quarantined.itertuples():
         typer.echo(f"skipped: {row.path}: {row.reason}")
+    if result.cache.meta["config"]["preprocessing"].get("faces"):
+        faceless = int(result.manifest.reason.str.startswith("no face").sum())
+        decodable = len(result.manifest) - len(result.quarantined) + faceless
+        typer.echo(f"faces: found in {decodable - faceless} of {decodable} decodable images "
+                   f"({(decodable - faceless) / max(1, decodable):.1%}); the {faceless} without one are skipped")
     typer.echo(f"features: {result.cache.folder}")
 
 

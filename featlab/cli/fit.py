@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from featlab.cli.common import WORKDIR_OPTION, friendly, open_workspace
+from featlab.cli.common import (
+    FACE_MARGIN_OPTION,
+    FACE_SIZE_OPTION,
+    FACES_OPTION,
+    WORKDIR_OPTION,
+    choose_face_stage,
+    friendly,
+    open_workspace,
+)
 from featlab.core.checks import check_device, check_precision, existing_dir
 from featlab.detectors.configs import AETrainConfig, Augment, SVMFitConfig, TrainConfig, grid_text
 
@@ -133,6 +141,9 @@ def train_cnn_command(
     device: str = typer.Option(CNN.device, "--device"),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out from its last epoch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    faces: str = FACES_OPTION,
+    face_size: int | None = FACE_SIZE_OPTION,
+    face_margin: float | None = FACE_MARGIN_OPTION,
     workdir: Path | None = WORKDIR_OPTION,
 ) -> None:
     """Fine-tune a CNN baseline on the same splits, then report on the test split."""
@@ -149,6 +160,7 @@ def train_cnn_command(
     arch, reason = resolve_auto(arch)
     if reason:
         typer.echo(f"arch: {arch} ({reason})")
+    stage = choose_face_stage(faces, data, face_size or 256, 0.2 if face_margin is None else face_margin)
     config = TrainConfig(
         arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         optimizer=optimizer, schedule=schedule, freeze_epochs=freeze_epochs, image_size=image_size,
@@ -156,7 +168,7 @@ def train_cnn_command(
         head_layers=head_layers, backbone_lr_scale=backbone_lr_scale, warmup_steps=warmup_steps,
         clip_grad=clip_grad or None, adversarial=adversarial, adv_eps=parse_eps(adv_eps)[0], adv_steps=adv_steps,
         augment=Augment(flip=flip, crop_scale=crop_scale, color_jitter=color_jitter, jpeg_prob=jpeg_prob,
-                        blur_prob=blur_prob),
+                        blur_prob=blur_prob), faces=stage,
     )
     folder = out or ws.models / f"cnn-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     detector = train_cnn_detector(config, data, folder, ws, resume=resume, progress=progress, echo=typer.echo)

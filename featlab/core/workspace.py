@@ -17,6 +17,7 @@ class Workspace:
     ``features/``  one embedding cache per extraction key (see :mod:`featlab.features.cache`)
     ``models/``    fitted SVM pipelines and CNN checkpoints, each with metadata
     ``reports/``   JSON reports and plots, read by ``featlab compare``
+    ``faces/``     face detections by image content (``--faces detect``; :mod:`featlab.data.faces`)
     """
 
     root: Path
@@ -53,3 +54,7 @@ class Workspace:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def faces(self) -> Path:
+        return self.root / "faces"

@@ -19,6 +19,7 @@ model registers its loader with :func:`register_kind`.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from featlab import CLASS_NAMES
 from featlab.core.errors import FeatlabError
 from featlab.core.workspace import Workspace
 from featlab.data.dataset import evaluation_split, scan_dataset
+from featlab.data.faces import FaceStage
 from featlab.data.perturb import Perturbation
 from featlab.detectors.modelfile import read_model_meta, resolve_model
 from featlab.features.cache import dataset_tag
@@ -170,7 +172,37 @@ class Detector:
 
     @property
     def name(self) -> str:
-        return self.folder.name
+        return getattr(self, "_renamed", None) or self.folder.name
+
+    @property
+    def faces(self) -> FaceStage | None:
+        """The face stage of the model's input (None: whole images); also for a model whose parts see the image
+        through different geometries (an ensemble), when they agree on it."""
+        try:
+            return self.prep.faces
+        except FeatlabError:
+            members = getattr(self, "members", None)
+            stages = {repr(m.faces) for m in members or []}
+            if len(stages) > 1:
+                raise FeatlabError(f"{self.name}: its members find faces differently") from None
+            return members[0].faces if members else None
+
+    def with_faces(self, stage: FaceStage | None) -> Detector:
+        """This model seeing its input through another face stage (None: whole images), for ``--faces`` on a model
+        trained otherwise. The copy is named ``NAME+faces`` / ``NAME+whole`` so that its reports never replace the
+        model's own, and its ``meta["faces_override"]`` says what was changed."""
+        if stage == self.faces:
+            return self
+        twin = copy.copy(self)
+        twin.meta = copy.deepcopy(self.meta)
+        twin.meta["faces_override"] = stage.as_dict() if stage is not None else "none"
+        twin._renamed = f"{self.folder.name}+{'faces' if stage is not None else 'whole'}"
+        twin._retarget(stage)
+        return twin
+
+    def _retarget(self, stage: FaceStage | None) -> None:
+        """Make this copy (see :meth:`with_faces`) use ``stage``."""
+        raise FeatlabError(f"{self.name}: a {self.kind!r} model cannot change how it finds faces")
 
     @property
     def prep(self) -> Preprocessing:
@@ -252,8 +284,13 @@ class Detector:
 
     def describe(self) -> dict:
         """The report's ``model`` section."""
+        try:
+            faces = self.faces
+        except FeatlabError:  # members that find faces differently: they say it in their own sections
+            faces = None
         return {"kind": self.kind, "name": self.name, "path": str(self.folder.resolve()),
-                "sha256": self.meta["sha256"]}
+                "sha256": self.meta["sha256"], "faces": faces.as_dict() if faces is not None else "none",
+                **({"faces_override": self.meta["faces_override"]} if "faces_override" in self.meta else {})}
 
     def costs(self, scored: SplitScores, ray: str | None = None) -> dict:
         """The report's ``costs`` section for a :meth:`split_scores` result."""

@@ -40,6 +40,7 @@ from featlab.core.fileio import atomic_write, atomic_write_text, load_tensor_fil
 from featlab.core.metrics import binary_metrics
 from featlab.core.versions import library_versions, utc_now
 from featlab.data.dataset import load_rgb, scan_dataset
+from featlab.data.faces import quarantine_faceless
 from featlab.data.perturb import Perturbation
 from featlab.detectors.configs import ARCHS, Augment, TrainConfig  # noqa: F401 - re-exported
 from featlab.detectors.modelfile import (
@@ -152,7 +153,9 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int):
         rng = random.Random(self.epoch_seed * 1_000_003 + i)
-        image = load_rgb(self.paths[i])  # train_cnn quarantined undecodable files beforehand
+        image = load_rgb(self.paths[i])  # train_cnn quarantined undecodable (and faceless) files beforehand
+        if self.prep.faces is not None:
+            image = self.prep.faces.main_face(image).crop  # the aligned face is what augmentation sees
         a = self.augment
         if a.blur_prob and rng.random() < a.blur_prob:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 3)))
@@ -265,7 +268,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     # Decode everything once up front: a broken file must be left out, not trained on as a blank image.
-    manifest = scan_dataset(data_root, check_images=True)
+    manifest = quarantine_faceless(scan_dataset(data_root, check_images=True), config.faces, ("train", "valid"))
     for row in manifest[manifest.status != "ok"].itertuples():
         log.warning("quarantined %s: %s", row.path, row.reason)
     splits = {s: manifest[(manifest.split == s) & (manifest.status == "ok")] for s in ("train", "valid")}
@@ -275,6 +278,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
     np.random.seed(config.seed)
     model, prep, weights_info = build_model(config.arch, config.weights, config.image_size, config.view,
                                             config.head_layers)
+    prep = prep.with_faces(config.faces)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(config, model)
     scheduler = _scheduler(config, optimizer)

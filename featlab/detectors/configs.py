@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from featlab.core.errors import FeatlabError
+from featlab.data.faces import FaceStage
 
 #: CNN architectures ``train-cnn`` builds (``auto``: resnet50 when its torchvision weights are on disk, else
 #: the offline resnet50-opennsfw, as ``extract --backbone auto``).
@@ -155,10 +156,15 @@ class TrainConfig:
     adversarial: str = ""  # "", "pgd" or "fgsm"
     adv_eps: float = 4 / 255
     adv_steps: int = 3
+    # Train on the aligned main face of each image (featlab.data.faces.FaceStage; --faces detect): part of the
+    # model's preprocessing, so prediction detects and aligns too. None: whole images.
+    faces: FaceStage | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # read back from a checkpoint or meta.json
             self.augment = Augment(**self.augment)
+        if isinstance(self.faces, dict):
+            self.faces = FaceStage.from_dict(self.faces)
         _check([
             (self.arch in ARCHS + ("auto",), f"arch must be one of auto, {', '.join(ARCHS)}, got {self.arch!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),

@@ -113,7 +113,7 @@ def quantize_int8(detector: Detector, fp32: str | os.PathLike, out: str | os.Pat
     sample = train.groupby("label", group_keys=False).apply(
         lambda rows: rows.sample(min(per_class, len(rows)), random_state=seed))
     prep = detector.prep
-    pixels = [prep.to_uint8(load_rgb(p)).numpy() for p in sample.path]
+    pixels = [prep.prepare(load_rgb(p)).numpy() for p in sample.path]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -144,7 +144,7 @@ def quantize_int8(detector: Detector, fp32: str | os.PathLike, out: str | os.Pat
         cost[f"{name}_seconds"] = time.perf_counter() - started
         good = ~np.isnan(scored.scores)
         cost[f"valid_roc_auc_{name}"] = binary_metrics(labels[good], scored.scores[good], scorer.threshold)["roc_auc"]
-    batch = torch.stack([prep.to_uint8(load_rgb(p)) for p in valid.path[:64]])
+    batch = torch.stack([prep.prepare(load_rgb(p)) for p in valid.path[:64]])
     for name, path in (("fp32", Path(fp32)), ("int8", Path(out))):
         scorer = load_onnx_file(path, LoadOptions(detector.workspace))
         scorer.score(batch[:8])  # warm-up

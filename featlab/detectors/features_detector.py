@@ -173,6 +173,23 @@ class FeatureDetector(Detector):
         X, y, index = result.cache.load_split(split, index_name=tag)
         return X, y, index, str(root.resolve()), own, result.cache
 
+    def _retarget(self, stage) -> None:
+        from featlab.features.cache import cache_key
+
+        if "concat" in self.meta["extraction"]:
+            raise FeatlabError(f"{self.name}: a model on concatenated features keeps the face stage it was fitted with")
+        faces = stage.as_dict() if stage is not None else None
+        preprocessing = {k: v for k, v in self.meta["extraction"]["preprocessing"].items() if k != "faces"}
+        self.meta["extraction"]["preprocessing"] = {**preprocessing, **({"faces": faces} if faces else {})}
+        self.meta["cache_key"] = cache_key(self.meta["extraction"])
+        if self._extractors is not None:  # the same backbones, nothing rebuilt
+            import copy
+
+            self._extractors = [copy.copy(e) for e in self._extractors]
+            for extractor in self._extractors:
+                extractor.faces, extractor.preprocessing = stage, extractor.preprocessing.with_faces(stage)
+        self._differentiable = None
+
     # ------------------------------------------------------------------ gradients
 
     @property

@@ -40,6 +40,10 @@ class NetworkDetector(Detector):
     def prep(self) -> Preprocessing:
         return self._prep
 
+    def _retarget(self, stage) -> None:
+        self._prep = self._prep.with_faces(stage)
+        self._differentiable = None
+
     def score(self, pixels: torch.Tensor) -> np.ndarray:
         self.network.eval()  # the differentiable copy shares this network: never score in train mode
         with torch.inference_mode():

@@ -128,7 +128,7 @@ def run_attack(
     from featlab.data.dataset import load_rgb
 
     labels = rows.label.to_numpy()
-    images = {d.name: torch.stack([d.prep.to_uint8(load_rgb(p)) for p in rows.path]) for d in detectors}
+    images = {d.name: torch.stack([d.prep.prepare(load_rgb(p)) for p in rows.path]) for d in detectors}
     clean = {d.name: _score(d, images[d.name]) for d in detectors}
     records, adversarials, examples = [], {}, {}
     for detector in detectors:

@@ -103,18 +103,23 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     batch_size : images per forward pass.
     cache_dir : a features folder; when set, embeddings of image *files* are cached by content
         hash there, so refits and grid searches never recompute an image.
+    faces : ``"none"`` (whole images), ``"detect"`` (the aligned largest face of each image, MTCNN; an image
+        without one raises ``ValueError`` naming it) or ``"auto"`` (detect unless the images ``fit`` sees are
+        already face-aligned portraits; see ``featlab extract --faces``).
+    face_margin : context around the aligned face, as a share of the crop on each side.
 
     Attributes
     ----------
     backbone_ : the resolved backbone name.
     recipe_ : the resolved :class:`featlab.features.recipe.FeatureRecipe`.
     n_features_out_ : embedding length.
+    faces_ : the :class:`featlab.data.faces.FaceStage` applied (None: whole images).
     """
 
     def __init__(self, backbone: str = "auto", layers: str = "auto", pooling: str | None = None,
                  view: str | None = None, flip: bool | None = None, weights: str = "default",
                  precision: str = "auto", device: str = "auto", engine: str = "auto", batch_size: int = 32,
-                 cache_dir: str | os.PathLike | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, faces: str = "none", face_margin: float = 0.2) -> None:
         self.backbone = backbone
         self.layers = layers
         self.pooling = pooling
@@ -126,6 +131,8 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         self.engine = engine
         self.batch_size = batch_size
         self.cache_dir = cache_dir
+        self.faces = faces
+        self.face_margin = face_margin
 
     def fit(self, X=None, y=None):
         """Resolve the backbone and recipe (nothing is learned: the backbone is frozen). Returns self."""
@@ -141,17 +148,36 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         spec = get_spec(self.backbone_)
         self.recipe_ = parse_recipe(spec, self.layers, self.pooling, self.view, self.flip)
         self.n_features_out_ = self.recipe_.dim(spec)
+        self.faces_ = self._face_stage(X, spec.preprocessing.resize)
         return self
+
+    def _face_stage(self, X, size: int):
+        from featlab.data.faces import FACE_MODES, FaceStage, is_face_aligned
+
+        if self.faces not in FACE_MODES:
+            raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
+        if self.faces == "none":
+            return None
+        stage = FaceStage(size=size, margin=float(self.face_margin))
+        if self.faces == "auto":
+            if X is None:
+                raise ValueError("faces='auto' decides on the images fit sees; pass X")
+            items = _as_items(X)
+            picked = np.random.default_rng(0).permutation(len(items))[:48]
+            aligned, _ = is_face_aligned([self._image(items[i]) for i in picked])
+            return None if aligned else stage
+        return stage
 
     def _extractor(self):
         from featlab.features.backbones import load_backbone
         from featlab.features.extract import Extractor
 
-        key = (self.backbone_, self.recipe_, self.weights, self.precision, self.device, self.engine)
+        faces = getattr(self, "faces_", None)
+        key = (self.backbone_, self.recipe_, self.weights, self.precision, self.device, self.engine, faces)
         cached = getattr(self, "_extractor_cache", None)
         if cached is None or cached[0] != key:
             extractor = Extractor(load_backbone(self.backbone_, self.weights), device=self.device,
-                                  precision=self.precision, engine=self.engine, recipe=self.recipe_)
+                                  precision=self.precision, engine=self.engine, recipe=self.recipe_, faces=faces)
             self._extractor_cache = (key, extractor)
         return self._extractor_cache[1]
 
@@ -177,9 +203,17 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
             rest = list(range(len(items)))
         for start in range(0, len(rest), int(self.batch_size)):
             chunk = rest[start:start + int(self.batch_size)]
-            batch = torch.stack([extractor.preprocessing.to_uint8(self._image(items[i])) for i in chunk])
+            batch = torch.stack([self._prepared(extractor, items[i]) for i in chunk])
             out[chunk] = extractor(batch)
         return out
+
+    def _prepared(self, extractor, item) -> torch.Tensor:
+        from featlab.core.errors import BadImageError
+
+        try:
+            return extractor.preprocessing.prepare(self._image(item))
+        except BadImageError as error:  # no face
+            raise ValueError(f"{item if isinstance(item, (str, os.PathLike)) else 'an image'}: {error}") from None
 
     @staticmethod
     def _image(item) -> Image.Image:
@@ -210,7 +244,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters are those of ``featlab train-cnn`` (:class:`featlab.detectors.cnn.TrainConfig`), plus
     ``validation_fraction`` (a stratified, seeded share of the training images used to pick the
-    best epoch) and ``work_dir`` (where the model folder is written; a temporary folder if None).
+    best epoch), ``work_dir`` (where the model folder is written; a temporary folder if None) and ``faces``
+    (``"none"``, or ``"detect"``: train and predict on the aligned largest face of each image).
 
     Attributes
     ----------
@@ -222,7 +257,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                  batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, freeze_epochs: int = _TRAIN.freeze_epochs,
                  head_layers: str = _TRAIN.head_layers, image_size: int | None = _TRAIN.image_size,
                  precision: str = _TRAIN.precision, device: str = _TRAIN.device, seed: int = _TRAIN.seed,
-                 validation_fraction: float = 0.15, work_dir: str | os.PathLike | None = None) -> None:
+                 validation_fraction: float = 0.15, work_dir: str | os.PathLike | None = None,
+                 faces: str = "none") -> None:
         self.arch = arch
         self.weights = weights
         self.epochs = epochs
@@ -236,6 +272,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.validation_fraction = validation_fraction
         self.work_dir = work_dir
+        self.faces = faces
 
     def fit(self, X, y):
         """Train on image paths ``X`` with labels ``y``; returns self."""
@@ -272,7 +309,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         config = TrainConfig(arch=self.arch, weights=self.weights, epochs=self.epochs, batch_size=self.batch_size,
                              lr=self.lr, freeze_epochs=self.freeze_epochs, head_layers=self.head_layers,
                              image_size=self.image_size, precision=self.precision, device=self.device, seed=self.seed,
-                             patience=self.epochs)
+                             patience=self.epochs, faces=self._face_stage())
         folder = base / "model"
         if folder.exists():
             shutil.rmtree(folder)
@@ -280,6 +317,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self._saved = SavedModel(self.model_dir_, device=self.device)
         return self
+
+    def _face_stage(self):
+        from featlab.data.faces import FaceStage
+
+        if self.faces not in ("none", "detect"):
+            raise ValueError(f"faces must be none or detect, got {self.faces!r}")
+        return FaceStage() if self.faces == "detect" else None
 
     def decision_function(self, X) -> np.ndarray:
         check_is_fitted(self, "model_dir_")

@@ -56,6 +56,17 @@ class Explanation:
     heatmap: np.ndarray | None  # (H, W) over the model's input, >= 0, peak 1 (all zero: no evidence for "fake")
     box: tuple[float, float, float, float] | None  # the model's view in original image pixels: x0, y0, x1, y1
     reason: str = ""
+    #: For a face model: the 2x3 map from the heatmap's (u, v) in [0, 1] to original image pixels (the aligned
+    #: crop is rotated and scaled, so the view is not a box); ``box`` then bounds it. None: the view is ``box``.
+    warp: np.ndarray | None = None
+
+    def to_image(self, u: float, v: float) -> tuple[float, float]:
+        """A point of the heatmap, (u, v) in [0, 1] across and down, in original image pixels."""
+        if self.warp is not None:
+            x, y = self.warp @ np.array([u, v, 1.0])
+            return float(x), float(y)
+        x0, y0, x1, y1 = self.box
+        return x0 + u * (x1 - x0), y0 + v * (y1 - y0)
 
     @property
     def peak(self) -> tuple[float, float] | None:
@@ -63,9 +74,21 @@ class Explanation:
         if self.heatmap is None or self.box is None:
             return None
         row, col = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape)
-        x0, y0, x1, y1 = self.box
         h, w = self.heatmap.shape
-        return x0 + (col + 0.5) * (x1 - x0) / w, y0 + (row + 0.5) * (y1 - y0) / h
+        return self.to_image((col + 0.5) / w, (row + 0.5) / h)
+
+
+def face_view(prep, image: Image.Image) -> tuple[torch.Tensor, tuple, np.ndarray]:
+    """(model input, bounding box on the image, heatmap -> image map) for a model with a face stage: the
+    heatmap lies over the backbone's view of the aligned crop, which lies rotated and scaled on the image."""
+    face = prep.faces.main_face(image)
+    cx0, cy0, cx1, cy1 = prep.view_box(face.crop.size)
+    heat_to_crop = np.array([[cx1 - cx0, 0.0, cx0], [0.0, cy1 - cy0, cy0], [0.0, 0.0, 1.0]])
+    crop_to_image = np.linalg.inv(np.vstack([face.to_crop, [0.0, 0.0, 1.0]]))
+    warp = (crop_to_image @ heat_to_crop)[:2]
+    corners = np.array([warp @ np.array([u, v, 1.0]) for u in (0, 1) for v in (0, 1)])
+    box = (*corners.min(0), *corners.max(0))
+    return prep.to_uint8(face.crop), tuple(float(c) for c in box), warp
 
 
 def normalise_map(raw: np.ndarray) -> np.ndarray:
@@ -200,27 +223,29 @@ def explain_paths(
     method = resolve_method(detector, method)
     prep = detector.prep
     out: list[Explanation | None] = [None] * len(paths)
-    decoded: list[tuple[int, torch.Tensor, tuple]] = []
+    decoded: list[tuple[int, torch.Tensor, tuple, np.ndarray | None]] = []
     for i, path in enumerate(paths):
         try:
             image = load_rgb(path)
+            if prep.faces is not None:  # the map is computed on the aligned face and drawn back onto the image
+                decoded.append((i, *face_view(prep, image)))
+            else:
+                decoded.append((i, prep.to_uint8(image), prep.view_box(image.size), None))
         except BadImageError as error:
             out[i] = Explanation(_label(path), float("nan"), "", method, None, None, str(error))
-            continue
-        decoded.append((i, prep.to_uint8(image), prep.view_box(image.size)))
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start:start + batch_size]
-        batch = torch.stack([t for _, t, _ in chunk])
+        batch = torch.stack([t for _, t, _, _ in chunk])
         if method == "occlusion":
-            results = [occlusion_map(detector, t, patch, stride, fill) for _, t, _ in chunk]
+            results = [occlusion_map(detector, t, patch, stride, fill) for _, t, _, _ in chunk]
             scores, maps = [s for s, _ in results], [m for _, m in results]
         else:
             scores = detector.score(batch)
             maps = gradcam_maps(detector, batch, method == "gradcam++") if method.startswith("gradcam") \
                 else gradient_maps(detector, batch)
-        for (i, _, box), score, raw in zip(chunk, scores, maps):
+        for (i, _, box, warp), score, raw in zip(chunk, scores, maps):
             verdict = CLASS_NAMES[int(score >= detector.threshold)]
-            out[i] = Explanation(_label(paths[i]), float(score), verdict, method, normalise_map(raw), box)
+            out[i] = Explanation(_label(paths[i]), float(score), verdict, method, normalise_map(raw), box, warp=warp)
     return out
 
 
@@ -236,6 +261,17 @@ def overlay(path: str, explanation: Explanation, alpha: float = 0.5, max_side: i
     scale = min(1.0, max_side / max(image.size))
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
     canvas = Image.blend(shown, Image.new("RGB", shown.size), 0.55)  # dim everything, then restore the view
+    if explanation.warp is not None:  # an aligned face: warp the map (and its footprint) back onto the image
+        colours = (colormaps["jet"](explanation.heatmap)[..., :3] * 255).astype(np.uint8)
+        side = 256
+        heat = Image.fromarray(colours).resize((side, side), Image.BILINEAR)
+        heat_to_shown = np.vstack([scale * explanation.warp @ np.diag([1 / side, 1 / side, 1.0]), [0, 0, 1]])
+        inverse = tuple(np.linalg.inv(heat_to_shown)[:2].reshape(-1))
+        warped = heat.transform(shown.size, Image.Transform.AFFINE, inverse, Image.BILINEAR)
+        footprint = Image.new("L", (side, side), 255).transform(shown.size, Image.Transform.AFFINE, inverse,
+                                                                Image.BILINEAR)
+        canvas.paste(Image.blend(shown, warped, alpha), (0, 0), footprint)
+        return canvas
     box = tuple(round(v * scale) for v in (max(x0, 0), max(y0, 0), min(x1, image.width), min(y1, image.height)))
     if box[2] <= box[0] or box[3] <= box[1]:
         return shown

@@ -23,6 +23,7 @@ from featlab import __version__
 from featlab.core.errors import FeatlabError
 from featlab.core.versions import library_versions, utc_now
 from featlab.data.dataset import scan_dataset
+from featlab.data.faces import FaceStage, choose_faces
 from featlab.data.perturb import Perturbation
 from featlab.features.backbones import Backbone, load_backbone, resolve_auto
 from featlab.features.cache import EmbeddingCache, dataset_tag
@@ -61,6 +62,9 @@ class Extractor:
         dataclass default is the classic pooled embedding, while ``featlab extract`` and
         :class:`featlab.DeepFeatures` use :func:`featlab.features.recipe.default_recipe`.
     perturbation : applied to every image after decoding (robustness tests); part of the cache key.
+    faces : detect and align the main face of every image first (:class:`featlab.data.faces.FaceStage`); part of
+        the preprocessing, so of the cache key and of every model fitted on these features. An image without a face
+        is quarantined ("no face").
     """
 
     backbone: Backbone
@@ -69,10 +73,11 @@ class Extractor:
     engine: str = "auto"
     recipe: FeatureRecipe = field(default_factory=FeatureRecipe)
     perturbation: Perturbation | None = None
+    faces: FaceStage | None = None
 
     def __post_init__(self) -> None:
         self.recipe.validate(self.backbone.spec)
-        self.preprocessing = self.backbone.preprocessing.with_view(self.recipe.view)
+        self.preprocessing = self.backbone.preprocessing.with_view(self.recipe.view).with_faces(self.faces)
         self.torch_device = resolve_device(self.device)
         if self.engine not in ENGINES:
             raise FeatlabError(f"engine must be one of {', '.join(ENGINES)}")
@@ -145,6 +150,7 @@ class ExtractionResult:
     seconds: float
     device: str
     precision: str
+    faces: dict = field(default_factory=dict)  # how the face stage was chosen (featlab.data.faces.choose_faces)
 
     @property
     def images_per_second(self) -> float:
@@ -301,7 +307,8 @@ def extractor_from_config(config: dict, weights_info: dict, device: str = "auto"
     """Rebuild the extractor a cache (or a model fitted on it) was made with, optionally perturbing images."""
     backbone = load_backbone(config["backbone"], weights_argument(weights_info))
     return Extractor(backbone, device=device, precision=config["precision"], engine=config["engine"],
-                     recipe=FeatureRecipe.from_dict(config.get("recipe")), perturbation=perturbation)
+                     recipe=FeatureRecipe.from_dict(config.get("recipe")), perturbation=perturbation,
+                     faces=FaceStage.from_dict(config["preprocessing"].get("faces")))
 
 
 def embed(
@@ -394,11 +401,17 @@ def extract_dataset(
     shard_size: int = 512,
     hash_memo: str | os.PathLike | None = None,
     ray: str | None = None,
+    faces: str = "none",
+    face_size: int | None = None,
+    face_margin: float = 0.2,
 ) -> ExtractionResult:
     """Scan ``root`` (see :mod:`featlab.data.dataset`) and extract every split into the cache.
 
     ``recipe`` defaults to :func:`featlab.features.recipe.default_recipe` for the backbone. ``hash_memo`` (an
     SQLite file, :class:`featlab.data.hashmemo.HashMemo`) skips hashing files whose stat is unchanged.
+    ``faces``: ``none`` (whole images), ``detect`` (the aligned main face of each image, ``face_size`` px - default
+    the backbone's resize size - with ``face_margin``), or ``auto`` (detect unless a sample of the dataset is
+    already face-aligned, :func:`featlab.data.faces.is_face_aligned`; the decision is in the result's ``faces``).
     """
     from featlab.data.hashmemo import HashMemo
 
@@ -408,8 +421,9 @@ def extract_dataset(
     manifest = scan_dataset(root, check_images=False, memo=HashMemo(hash_memo) if hash_memo else None)
     loaded = load_backbone(name, weights)
     recipe = recipe or default_recipe(loaded.spec)
-    extractor = Extractor(loaded, device=device, precision=precision, engine=engine, recipe=recipe)
-    return extract_manifest(
+    stage, decision = choose_faces(faces, manifest, face_size or loaded.preprocessing.resize, face_margin)
+    extractor = Extractor(loaded, device=device, precision=precision, engine=engine, recipe=recipe, faces=stage)
+    result = extract_manifest(
         manifest,
         extractor,
         features_dir,
@@ -420,3 +434,7 @@ def extract_dataset(
         data_root=str(os.path.abspath(root)),
         ray=ray,
     )
+    result.faces = decision
+    if faces == "auto":
+        result.cache.update_meta(faces_auto=decision)
+    return result

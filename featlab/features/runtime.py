@@ -76,7 +76,7 @@ class ImageTensors(Dataset):
             image = load_rgb(self.paths[i])
             if self.perturbation is not None:
                 image = self.perturbation.apply(image)
-            return i, self.preprocessing.to_uint8(image), ""
+            return i, self.preprocessing.prepare(image), ""
         except BadImageError as error:
             crop = self.preprocessing.crop
             return i, torch.zeros((3, crop, crop), dtype=torch.uint8), str(error)

@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from featlab.core.errors import FeatlabError
+from featlab.data.faces import FaceStage
 
 #: The weights source recorded for ``--weights none``: random initialisation, for tests only.
 RANDOM_WEIGHTS = "none (random init, plumbing only)"
@@ -44,9 +45,22 @@ class Preprocessing:
     resize_mode: str = "shorter"
     bgr: bool = False
     interpolation: str = "bilinear"
+    #: Detect and align the main face first (``--faces detect``); None: the image is the model's input as it is.
+    faces: FaceStage | None = None
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 tensor (3, crop, crop) of what the model sees: the aligned main face when the
+        preprocessing has a face stage (an image without one raises BadImageError "no face"), then :meth:`to_uint8`."""
+        if self.faces is not None:
+            image = self.faces.main_face(image).crop
+        return self.to_uint8(image)
+
+    def with_faces(self, faces: FaceStage | None) -> Preprocessing:
+        """The same preprocessing with another face stage (None: whole images)."""
+        return replace(self, faces=faces)
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> uint8 tensor (3, crop, crop)."""
+        """RGB PIL image -> uint8 tensor (3, crop, crop): the geometry only (a face stage is :meth:`prepare`'s)."""
         mode = InterpolationMode(self.interpolation)
         if self.resize_mode == "none":
             if min(image.size) < self.crop:
@@ -92,12 +106,16 @@ class Preprocessing:
         return x.to(dtype)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        recorded = asdict(self)
+        if self.faces is None:
+            del recorded["faces"]  # so whole-image caches and models keep the keys they had
+        return recorded
 
     @classmethod
     def from_dict(cls, recorded: dict) -> Preprocessing:
         """The inverse of :meth:`as_dict`, for what a model folder or an export recorded (JSON lists -> tuples)."""
-        return cls(**{**recorded, "mean": tuple(recorded["mean"]), "std": tuple(recorded["std"])})
+        return cls(**{**recorded, "mean": tuple(recorded["mean"]), "std": tuple(recorded["std"]),
+                      "faces": FaceStage.from_dict(recorded.get("faces"))})
 
 
 @dataclass(frozen=True)

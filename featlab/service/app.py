@@ -329,7 +329,7 @@ def _explain_png(data: bytes, detector: Detector, method: str, max_pixels: int):
 
 def _decode(data: bytes, detector: Detector, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> uint8 pixels in the model's view, or :class:`BadImageError` with the reason."""
-    return detector.prep.to_uint8(load_rgb(data, max_pixels=max_pixels))
+    return detector.prep.prepare(load_rgb(data, max_pixels=max_pixels))
 
 
 def serve(detectors: list[Detector], host: str = "127.0.0.1", port: int = 8000,
