@@ -135,7 +135,13 @@ def train_cnn_command(
                                     "batch doubled with its L-inf adversarial copies, made in pixel space)."),
     adv_eps: str = typer.Option(f"{round(CNN.adv_eps * 255)}/255", "--adv-eps", help="Adversarial budget, e.g. 4/255."),
     adv_steps: int = typer.Option(CNN.adv_steps, "--adv-steps", min=1, help="PGD steps per batch."),
-    blur_prob: float = typer.Option(AUG.blur_prob, "--blur-prob", help="Gaussian blur augmentation probability."),
+    blur_prob: float = typer.Option(AUG.blur_prob, "--blur-prob", help="Gaussian blur augmentation probability "
+                                    "(with --jpeg-prob 0.5: CNNDetection's Blur+JPEG(0.5) augmentation)."),
+    label_smoothing: float = typer.Option(CNN.label_smoothing, "--label-smoothing", min=0.0, max=0.49,
+                                          help="Targets eps/2 and 1 - eps/2 instead of 0 and 1."),
+    train_stages: int = typer.Option(CNN.train_stages, "--train-stages", min=0, help="After the head-only epochs, "
+                                     "train only the backbone's last N stages (0: all), e.g. 2 for the last two ViT "
+                                     "blocks of dinov2-vits14 after a linear probe."),
     seed: int = typer.Option(CNN.seed, "--seed"),
     workers: int = typer.Option(CNN.workers, "--workers", min=0),
     device: str = typer.Option(CNN.device, "--device"),
@@ -168,7 +174,7 @@ def train_cnn_command(
         head_layers=head_layers, backbone_lr_scale=backbone_lr_scale, warmup_steps=warmup_steps,
         clip_grad=clip_grad or None, adversarial=adversarial, adv_eps=parse_eps(adv_eps)[0], adv_steps=adv_steps,
         augment=Augment(flip=flip, crop_scale=crop_scale, color_jitter=color_jitter, jpeg_prob=jpeg_prob,
-                        blur_prob=blur_prob), faces=stage,
+                        blur_prob=blur_prob), faces=stage, label_smoothing=label_smoothing, train_stages=train_stages,
     )
     folder = out or ws.models / f"cnn-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     detector = train_cnn_detector(config, data, folder, ws, resume=resume, progress=progress, echo=typer.echo)

@@ -293,3 +293,54 @@ def quarantine_faceless(manifest, stage: FaceStage | None, splits: tuple[str, ..
         except BadImageError as why:
             manifest.loc[i, ["status", "reason"]] = ["quarantined", str(why)]
     return manifest
+
+
+def align_dataset(root: str | os.PathLike, out: str | os.PathLike, stage: FaceStage, progress: bool = False):
+    """Write the aligned largest face of every image of the dataset at ``root`` to ``out`` in the same layout
+    (``{split}/{label}/NAME.png``: lossless, so no new compression traces), for tools outside featlab.
+
+    ``out/faces.csv`` lists every image (source, crop, faces found, box, detection score, status); an image without
+    a face (or unreadable) gets no crop, status ``no face`` / ``quarantined``. ``out/manifest.csv`` carries each
+    crop's ``source`` over from a ``featlab data build`` manifest, so reports still break results down per
+    source. Crops already written are kept (a killed run resumes); each is written atomically."""
+    import pandas as pd
+
+    from featlab.core.fileio import atomic_write
+    from featlab.data.dataset import load_rgb, scan_dataset
+    from featlab.data.groups import find_groups
+
+    root, out = Path(root), Path(out)
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise FeatlabError(f"--out {out} must lie outside the dataset {root}")
+    manifest = scan_dataset(root, check_images=False)
+    groups = find_groups(root)
+    rows = []
+    from tqdm.auto import tqdm
+
+    for item in tqdm(list(manifest.itertuples()), desc="faces", unit="img", disable=not progress):
+        split_dir = "" if item.split == "all" else item.split
+        target = out / split_dir / item.label_name / f"{Path(item.path).stem}.png"
+        row = {"source_path": item.path, "path": str(target.relative_to(out)), "split": item.split,
+               "label_name": item.label_name, "faces": 0, "box": "", "det_score": float("nan"),
+               "status": "quarantined", "reason": item.reason,
+               "source": next((g.split("=", 1)[1] for g in groups.get(str(Path(item.path).resolve()), [])
+                               if g.startswith("source=")), "")}
+        if item.status == "ok":
+            try:
+                image = load_rgb(item.path)
+                found = stage.faces(image)
+                if not found:
+                    raise BadImageError(f"no face found (MTCNN probability >= {stage.min_score:g})")
+                face = max(found, key=lambda f: f.area)
+                if not target.is_file():
+                    atomic_write(target, lambda handle, crop=face.crop: crop.save(handle, format="PNG"))
+                row.update(faces=len(found), box=",".join(f"{v:.0f}" for v in face.box), det_score=face.score,
+                           status="ok", reason="")
+            except BadImageError as why:
+                row.update(status="no face" if str(why).startswith("no face") else "quarantined", reason=str(why))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    atomic_write(out / "faces.csv", lambda handle: handle.write(table.to_csv(index=False).encode()))
+    kept = table[table.status == "ok"][["path", "source", "label_name"]]
+    atomic_write(out / "manifest.csv", lambda handle: handle.write(kept.to_csv(index=False).encode()))
+    return table

@@ -217,10 +217,33 @@ def _scheduler(config: TrainConfig, optimizer):
     raise FeatlabError("schedule must be cosine or step")
 
 
-def _set_frozen(model: nn.Module, frozen: bool) -> None:
-    if isinstance(model, FineTuned):
-        for p in model.features.parameters():
-            p.requires_grad_(not frozen)
+def _set_frozen(model: nn.Module, frozen: bool, train_stages: int = 0, arch: str = "") -> None:
+    """Freeze the pretrained backbone (head-only epochs), or train it: all of it, or with ``train_stages`` only what
+    comes after its N-th last declared stage (the last N stages, and any layers behind them)."""
+    if not isinstance(model, FineTuned):
+        return
+    trainable = _trainable_names(model, train_stages, arch) if train_stages and not frozen else None
+    for name, p in model.features.named_parameters():
+        p.requires_grad_(not frozen and (trainable is None or name in trainable))
+
+
+def _trainable_names(model: FineTuned, train_stages: int, arch: str) -> set[str] | None:
+    """Names (in ``model.features``) of the parameters registered after the module of the stage before the last
+    ``train_stages`` declared stages, and after all of its submodules; None: every parameter."""
+    stages = list(BACKBONES[arch].stages.values()) if arch in BACKBONES else []
+    if train_stages >= len(stages):
+        return None
+    boundary = stages[-train_stages - 1][0]  # the submodule path of the last stage that stays frozen
+    modules = list(model.features.named_modules())
+    full = next((name for name, _ in modules if name == boundary or name.endswith("." + boundary)), None)
+    if full is None:
+        raise FeatlabError(f"{arch}: stage module {boundary!r} not found; cannot train only the last stages")
+    ends = [i for i, (name, _) in enumerate(modules) if name == full or name.startswith(full + ".")]
+    trainable = set()
+    for module_name, module in modules[max(ends) + 1:]:
+        for param_name, _ in module.named_parameters(recurse=False):
+            trainable.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return trainable
 
 
 def score_images(
@@ -310,7 +333,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
         if bad_epochs >= config.patience:
             break
         started = time.perf_counter()
-        _set_frozen(model, epoch < config.freeze_epochs)
+        _set_frozen(model, epoch < config.freeze_epochs, config.train_stages, config.arch)
         train.epoch_seed = config.seed * 10_007 + epoch
         order = torch.Generator().manual_seed(config.seed * 10_007 + epoch)
         loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=order,
@@ -331,7 +354,7 @@ def train_cnn(config: TrainConfig, data_root: str | os.PathLike, out: str | os.P
                                            config.adv_steps, seed=config.seed * 10_007 + epoch * 100_003 + step)
                 images, labels = torch.cat([images, adversarial]), torch.cat([labels, labels])
             x = prep.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
-            y = labels.float().to(device)
+            y = labels.float().to(device) * (1 - config.label_smoothing) + config.label_smoothing / 2
             with autocast_context(precision, device):
                 logits = model(x).float().view(-1)
             loss = loss_fn(logits, y)

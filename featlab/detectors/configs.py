@@ -159,6 +159,11 @@ class TrainConfig:
     # Train on the aligned main face of each image (featlab.data.faces.FaceStage; --faces detect): part of the
     # model's preprocessing, so prediction detects and aligns too. None: whole images.
     faces: FaceStage | None = None
+    # Targets 0/1 become eps/2 and 1 - eps/2 (Szegedy et al. 2016): keeps the logits from growing without bound.
+    label_smoothing: float = 0.0
+    # After the head-only epochs, train only the backbone's last N declared stages (0: all of it), e.g. the last
+    # ViT blocks of dinov2-vits14 after a linear probe.
+    train_stages: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # read back from a checkpoint or meta.json
@@ -184,6 +189,8 @@ class TrainConfig:
             (not self.adversarial or 1 / 255 <= self.adv_eps + 1e-9 <= 1,
              f"adv_eps must be at least one grey level (1/255) and at most 1, got {self.adv_eps}"),
             (self.adv_steps >= 1, f"adv_steps must be at least 1, got {self.adv_steps}"),
+            (0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}"),
+            (self.train_stages >= 0, f"train_stages must be >= 0, got {self.train_stages}"),
         ])
 
 

@@ -2,7 +2,12 @@
 
 * ``POST /v1/score`` - one or more images (multipart field ``file``, repeatable; optional field ``model``): JSON per
   file with score, score_kind, threshold, verdict, model name and fingerprint, timings; a file that cannot be
-  scored gets its reason (the request answers 422 when no file could be scored).
+  scored gets its reason (the request answers 422 when no file could be scored). Field ``faces`` (model, detect,
+  none): with a face stage - the model's own, or ``detect`` - every face is found, aligned and scored (``faces``:
+  box, detection score, score, verdict each) and the file's score is its most-fake face; no face: status ``no face``.
+  A video file among them (by its extension) is scored as ``/v1/video`` does at 1 frame/s (``video``: its tracks).
+* ``POST /v1/video`` - one video (``fps``, ``max_frames`` up to ``max_video_frames``, ``top_k``): the video's score,
+  its face tracks and every sampled frame's faces, as ``featlab video`` computes them; an unreadable video: 422.
 * ``POST /v1/explain`` - one image: the heatmap over it as a PNG (``method``: auto, occlusion, gradcam, gradient),
   score and verdict in ``X-Featlab-*`` headers.
 * ``GET /v1/models`` - what is loaded: kind, data, weights, threshold. ``GET /healthz``. ``GET /metrics`` -
@@ -26,6 +31,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request  # at module level: the endpoints' annotations are resolved from here
@@ -34,6 +40,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from featlab import CLASS_NAMES, __version__
 from featlab.core.errors import BadImageError, FeatlabError
 from featlab.data.dataset import load_rgb
+from featlab.data.faces import FaceStage
+from featlab.data.video import is_video
 from featlab.detectors.base import Detector
 
 log = logging.getLogger("featlab.service")
@@ -53,9 +61,10 @@ class ServiceSettings:
     timeout_s: float = 60.0
     max_inflight: int = 64
     api_key: str | None = None
+    max_video_frames: int = 64  # per video request (POST /v1/video)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_upload_bytes", "max_pixels", "max_files", "max_inflight"):
+        for name in ("max_batch", "max_upload_bytes", "max_pixels", "max_files", "max_inflight", "max_video_frames"):
             if int(getattr(self, name)) < 1:
                 raise FeatlabError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0 or not self.timeout_s > 0:
@@ -146,7 +155,8 @@ def model_card(detector: Detector) -> dict:
     return {"name": detector.name, "kind": detector.kind, "score_kind": detector.score_kind,
             "threshold": detector.threshold, "sha256": detector.meta["sha256"], "backbone": described.get("backbone"),
             "weights": described.get("weights"), "trained_on": detector.trained_on,
-            "input": {"resize": detector.prep.resize, "crop": detector.prep.crop}}
+            "input": {"resize": detector.prep.resize, "crop": detector.prep.crop},
+            "faces": described.get("faces", "none")}
 
 
 def create_app(detectors: list[Detector], settings: ServiceSettings | None = None):
@@ -266,26 +276,69 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
             "X-Featlab-Score": f"{explanation.score:.6g}", "X-Featlab-Verdict": explanation.verdict,
             "X-Featlab-Method": method, "X-Featlab-Model": detector.name})
 
+    def face_stage(form, detector: Detector):
+        """The face stage a request asks for (form field ``faces``: model, detect or none), or the JSON error."""
+        mode = str(form.get("faces") or "model")
+        if mode not in ("model", "detect", "none"):
+            return error(400, f"faces must be model, detect or none, got {mode!r}")
+        own = detector.faces
+        if mode == "none" and own is not None:
+            return error(400, f"{detector.name} was trained on aligned face crops; it does not score whole images")
+        if mode == "model" or mode == "none":
+            return own
+        return own or FaceStage(size=detector.prep.resize)
+
     @app.post("/v1/score")
     async def score(request: Request):
         upload = await read_upload(request)
         if isinstance(upload, JSONResponse):
             return upload
-        _, files, detector = upload
+        form, files, detector = upload
+        stage = face_stage(form, detector)
+        if isinstance(stage, JSONResponse):
+            return stage
         loop = asyncio.get_running_loop()
+
+        def card(value: float) -> dict:
+            return {"score": value, "score_kind": detector.score_kind, "threshold": detector.threshold,
+                    "verdict": CLASS_NAMES[int(value >= detector.threshold)]}
 
         async def one(filename: str, data: bytes) -> dict:
             started = time.perf_counter()
+            if is_video(filename):  # a video among the files: scored as POST /v1/video would, at its defaults
+                clip = await loop.run_in_executor(executor, _video, filename, data, detector, stage, 1.0,
+                                                  settings.max_video_frames, 3)
+                if clip.status == "quarantined":
+                    return {"file": filename, "error": clip.reason}
+                metrics.images[detector.name] += sum(len(f["faces"]) for f in clip.frames)
+                return {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"],
+                        "status": clip.status, "video": {"sampled_frames": clip.sampled, "tracks": clip.tracks,
+                                                         "fps": 1.0, "top_k": 3},
+                        **(card(clip.score) if clip.status == "ok" else {"error": clip.reason}),
+                        "timings_ms": {"total": round((time.perf_counter() - started) * 1000, 3)}}
             try:
-                pixels = await loop.run_in_executor(None, _decode, data, detector, settings.max_pixels)
+                if stage is None:
+                    pixels = await loop.run_in_executor(None, _decode, data, detector, settings.max_pixels)
+                else:
+                    faces = await loop.run_in_executor(None, _faces, data, detector, stage, settings.max_pixels)
             except BadImageError as bad:
                 return {"file": filename, "error": str(bad)}
             decoded = time.perf_counter()
-            value = await batchers[detector.name].score(pixels)
-            metrics.images[detector.name] += 1
-            return {"file": filename, "score": value, "score_kind": detector.score_kind, "threshold": detector.threshold,
-                    "verdict": CLASS_NAMES[int(value >= detector.threshold)], "model": detector.name,
-                    "fingerprint": detector.meta["sha256"],
+            base = {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"]}
+            if stage is None:
+                value = await batchers[detector.name].score(pixels)
+                metrics.images[detector.name] += 1
+                found = {}
+            else:
+                if not faces:
+                    return {**base, "status": "no face", "faces": [],
+                            "error": f"no face found (MTCNN probability >= {stage.min_score:g})"}
+                values = await asyncio.gather(*(batchers[detector.name].score(crop) for _, crop in faces))
+                metrics.images[detector.name] += len(faces)
+                value = max(values)  # the image's verdict is its most-fake face
+                found = {"faces": [{"face": k, "box": [round(v, 1) for v in face.box], "det_score": round(face.score, 4),
+                                    **card(v)} for k, ((face, _), v) in enumerate(zip(faces, values))]}
+            return {**base, "status": "ok", **card(value), **found,
                     "timings_ms": {"decode": round((decoded - started) * 1000, 3),
                                    "score": round((time.perf_counter() - decoded) * 1000, 3)}}
 
@@ -295,7 +348,63 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
             "error": f"no file could be scored: {results[0]['file']}: {results[0]['error']}", "results": results}
         return JSONResponse(body, status_code=status)
 
+    @app.post("/v1/video")
+    async def video(request: Request):
+        """One video per request: per-video, per-track and per-frame scores (see featlab video)."""
+        upload = await read_upload(request)
+        if isinstance(upload, JSONResponse):
+            return upload
+        form, files, detector = upload
+        if len(files) != 1:
+            return error(400, "video takes one file per request")
+        try:
+            fps = float(form.get("fps") or 1.0)
+            max_frames = int(form.get("max_frames") or settings.max_video_frames)
+            top_k = int(form.get("top_k") or 3)
+        except ValueError:
+            return error(400, "fps, max_frames and top_k must be numbers")
+        if not (0 < fps <= 30 and 1 <= max_frames <= settings.max_video_frames and top_k >= 1):
+            return error(400, f"fps must be in (0, 30], max_frames in 1-{settings.max_video_frames}, top_k >= 1")
+        stage = face_stage(form, detector)
+        if isinstance(stage, JSONResponse):
+            return stage
+        filename, data = files[0]
+        result = await asyncio.get_running_loop().run_in_executor(
+            executor, _video, filename, data, detector, stage, fps, max_frames, top_k)
+        if result.status == "quarantined":
+            return error(422, f"{filename}: {result.reason}")
+        metrics.images[detector.name] += sum(len(f["faces"]) for f in result.frames)
+        return {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"],
+                "status": result.status, "reason": result.reason, "score": None if result.status != "ok" else
+                result.score, "score_kind": detector.score_kind, "threshold": detector.threshold,
+                "verdict": result.label, "aggregation": f"frame = most-fake face; track and video = mean of the top "
+                f"{top_k} scores", "info": result.info, "tracks": result.tracks, "frames": result.frames,
+                "seconds": round(result.seconds, 3)}
+
     return app
+
+
+def _faces(data: bytes, detector: Detector, stage: FaceStage, max_pixels: int) -> list:
+    """[(face, uint8 crop in the model's view)] of every face of an upload, most confident first."""
+    image = load_rgb(data, max_pixels=max_pixels)
+    return [(face, detector.prep.to_uint8(face.crop)) for face in stage.faces(image)]
+
+
+def _video(filename: str, data: bytes, detector: Detector, stage, fps: float, max_frames: int, top_k: int):
+    """score_video on an uploaded file (PyAV reads files: a private temporary copy, removed after)."""
+    import tempfile
+
+    from featlab.data.video import VIDEO_EXTENSIONS
+    from featlab.evaluation.video import score_video
+
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if suffix in VIDEO_EXTENSIONS else ".mp4"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
+        handle.write(data)
+        handle.flush()
+        result = score_video(detector, handle.name, stage=stage, fps=fps, max_frames=max_frames, top_k=top_k)
+    result.path = filename
+    return result
 
 
 async def _parse_form(body: bytes, headers, max_files: int):

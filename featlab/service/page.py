@@ -9,6 +9,7 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:56rem;padding:0
 #drop.over{background:#eef}
 .card{display:flex;gap:1rem;align-items:center;border-bottom:1px solid #ddd;padding:.6rem 0}
 .card img{width:96px;height:96px;object-fit:cover;border-radius:4px}
+ol.faces{margin:.3rem 0 0 1rem;padding:0;font-size:90%}
 .fake{color:#b00;font-weight:600}.real{color:#060;font-weight:600}.err{color:#a60}
 small{color:#666}
 </style></head><body>
@@ -16,8 +17,9 @@ small{color:#666}
 <p>Drop face photos here (or click to pick them). Each is scored by <b id="model">the default model</b>,
 with a heatmap of what made it decide; nothing leaves this machine's service.</p>
 <label>model <select id="models"></select></label>
+<label><input type="checkbox" id="faces"> score every face (a model trained on faces always does)</label>
 <div id="drop" tabindex="0">drop images here, or click</div>
-<input id="pick" type="file" accept="image/*" multiple hidden>
+<input id="pick" type="file" accept="image/*,video/*" multiple hidden>
 <div id="out"></div>
 <script>
 const drop = document.getElementById('drop'), pick = document.getElementById('pick'), out = document.getElementById('out');
@@ -46,6 +48,7 @@ function send(files) {
   const form = new FormData();
   for (const f of files) form.append('file', f, f.name);
   if (select.value) form.append('model', select.value);
+  if (document.getElementById('faces').checked) form.append('faces', 'detect');
   const previews = {}; for (const f of files) previews[f.name] = URL.createObjectURL(f);
   fetch('v1/score', {method: 'POST', body: form}).then(r => r.json()).then(j => {
     for (const r of (j.results || [])) {
@@ -56,8 +59,16 @@ function send(files) {
       else { text.innerHTML = '<span class="verdict ' + r.verdict + '">' + r.verdict + '</span> score <b class="score"></b> '
              + '<small></small>'; text.querySelector('.score').textContent = r.score.toFixed(4);
              text.querySelector('small').textContent = r.file + ' · ' + r.score_kind + ', fake at >= ' + r.threshold + ' · ' + r.model; }
+      const parts = r.faces || (r.video ? r.video.tracks.map(t => Object.assign({}, t, {box: null})) : []);
+      if (parts.length) {
+        const list = document.createElement('ol'); list.className = 'faces';
+        for (const f of parts) { const li = document.createElement('li');
+          li.textContent = (r.video ? 'track ' + f.track + ' (' + f.frames + ' frames)' : 'face at ' + f.box.map(Math.round).join(','))
+            + ': ' + (f.verdict || f.label) + ' ' + f.score.toFixed(4); list.appendChild(li); }
+        text.appendChild(list);
+      }
       card.appendChild(text); out.prepend(card);
-      if (!r.error) explain(files, r.file, card);
+      if (!r.error && !r.video) explain(files, r.file, card);
     }
     if (!j.results && j.error) { const p = document.createElement('p'); p.className = 'err'; p.textContent = j.error; out.prepend(p); }
   });

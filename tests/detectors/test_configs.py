@@ -98,3 +98,20 @@ def test_configs_normalise_what_they_accept():
     restored = TrainConfig(augment={"flip": False, "crop_scale": 1.0, "color_jitter": 0.0, "jpeg_prob": 0.0,
                                     "blur_prob": 0.0})
     assert restored.augment == Augment(flip=False, crop_scale=1.0, color_jitter=0.0)
+
+
+def test_train_stages_leaves_only_the_last_stages_trainable():
+    from featlab.detectors.cnn import _set_frozen, build_model
+
+    model, _, _ = build_model("efficientnet-lite0", "none", head_layers="auto")
+    _set_frozen(model, False, 1, "efficientnet-lite0")  # the last declared stage is blocks.6 (after blocks.4)
+    trainable = {name for name, p in model.features.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.blocks.5", "model.blocks.6", "model.conv_head", "model.bn2"))
+                             for n in trainable)
+    assert any(n.startswith("model.blocks.5") for n in trainable)
+    _set_frozen(model, True, 1, "efficientnet-lite0")
+    assert not any(p.requires_grad for p in model.features.parameters())
+    _set_frozen(model, False, 0, "efficientnet-lite0")
+    assert all(p.requires_grad for p in model.features.parameters())
+    with pytest.raises(FeatlabError, match="label_smoothing"):
+        TrainConfig(label_smoothing=0.5)

@@ -170,3 +170,20 @@ def test_explain_maps_the_aligned_face_back_onto_the_photo(fitted, tmp_path):
     assert np.allclose(shown[far], original[far] * 0.45, atol=3)
     inside = shown[int(py) - 2:int(py) + 2, int(px) - 2:int(px) + 2]
     assert not np.allclose(inside, original[int(py) - 2:int(py) + 2, int(px) - 2:int(px) + 2] * 0.45, atol=10)
+
+
+def test_data_faces_writes_an_aligned_face_set(wild_root, tmp_path):
+    out = tmp_path / "faces"
+    result = cli_ok("data", "faces", wild_root, "--out", out, "--face-size", "64")
+    assert "24 of 25 decodable images have a face" in result.output and "no face:" in result.output
+    crops = sorted(out.rglob("*.png"))
+    assert len(crops) == 24 and all(Image.open(p).size == (64, 64) for p in crops)
+    assert {p.parent.parent.name for p in crops} == {"train", "valid", "test"}
+    table = pd.read_csv(out / "faces.csv")
+    assert table.set_index(table.source_path.str.rsplit("/", n=1).str[-1]).status["wall.png"] == "no face"
+    before = {p: p.stat().st_mtime_ns for p in crops}
+    cli_ok("data", "faces", wild_root, "--out", out, "--face-size", "64")  # a rerun keeps what was written
+    assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*.png"))} == before
+    from featlab.data.dataset import scan_dataset
+
+    assert len(scan_dataset(out)) == 24  # a dataset in featlab's layout

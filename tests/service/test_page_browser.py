@@ -48,6 +48,15 @@ def test_a_real_face_dropped_on_the_page_gets_its_verdict_and_heatmap(tmp_path):
     cli_ok("extract", "--data", REAL_SAMPLE, "--no-progress", "--workdir", work)
     cli_ok("fit-svm", "--pca", "32", "--C", "1", "--workdir", work, "--name", "real")
     face = sorted((REAL_SAMPLE / "test" / "fake").iterdir())[0]
+    group = None
+    try:
+        from tests.data.test_faces import _single_face_images, wild_photo
+
+        photo, _ = wild_photo(_single_face_images(3))
+        group = tmp_path / "group.jpg"
+        photo.save(group, quality=95)
+    except (ImportError, pytest.skip.Exception):  # no facenet-pytorch: the faces part is skipped, the page part runs
+        pass
     port = _free_port()
     with running([featlab.load("real", work)]) as url:
         browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -81,9 +90,20 @@ def test_a_real_face_dropped_on_the_page_gets_its_verdict_and_heatmap(tmp_path):
             verdict = tab.evaluate("document.querySelector('.verdict').textContent")
             shown = float(tab.evaluate("document.querySelector('.score').textContent"))
             heat_width = tab.evaluate("document.querySelector('img.heatmap').naturalWidth")
+            faces_listed = None
+            if group is not None:  # "score every face": a photo of three faces lists three
+                tab.evaluate("document.getElementById('faces').checked = true")
+                tab.call("DOM.setFileInputFiles", nodeId=picker, files=[str(group)])
+                deadline = time.monotonic() + 60
+                while faces_listed is None or faces_listed == 0:
+                    assert time.monotonic() < deadline, "no faces listed: " + str(tab.evaluate(
+                        "document.getElementById('out').innerText"))
+                    time.sleep(0.3)
+                    faces_listed = tab.evaluate("(document.querySelector('ol.faces') || {children: []}).children.length")
         finally:
             browser.terminate()
             browser.wait(timeout=30)
         served = httpx.post(f"{url}/v1/score", files=[("file", (face.name, face.read_bytes(), "image/jpeg"))],
                             timeout=60).json()["results"][0]
     assert verdict == served["verdict"] and abs(shown - served["score"]) < 1e-4 and heat_width > 16
+    assert group is None or faces_listed == 3

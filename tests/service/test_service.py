@@ -228,3 +228,46 @@ def test_explain_returns_the_heatmap_png(models, synth_root):
         assert two.status_code == 400 and "one image" in two.json()["error"]
         broken = httpx.post(f"{url}/v1/explain", files=[("file", ("x.png", b"not pixels", "image/png"))])
         assert broken.status_code == 422 and "not an image format" in broken.json()["error"]
+
+
+def test_faces_and_videos_per_request(models, tmp_path):
+    """faces=detect scores every face of an upload (the verdict is the most-fake face), the same numbers as featlab
+    predict --faces detect; a video upload gets per-video, per-track and per-frame scores."""
+    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch 2.6 is not installed")
+    pytest.importorskip("av", reason="PyAV is not installed")
+    from tests.data.test_faces import _single_face_images, wild_photo
+    from tests.evaluation.test_video import two_face_clip
+
+    work, detectors = models
+    photo, _ = wild_photo(_single_face_images(3))
+    folder = tmp_path / "wild"
+    folder.mkdir()
+    photo.save(folder / "group.png")
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(folder / "wall.png")
+    clip = two_face_clip(tmp_path / "clip.mp4", seconds=2)
+    with running(detectors) as url:
+        files = [("file", ("group.png", (folder / "group.png").read_bytes(), "image/png")),
+                 ("file", ("wall.png", (folder / "wall.png").read_bytes(), "image/png"))]
+        answer = httpx.post(f"{url}/v1/score", files=files, data={"model": "svm", "faces": "detect"}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        group, wall = answer.json()["results"]
+        assert len(group["faces"]) == 3 and group["score"] == max(f["score"] for f in group["faces"])
+        assert wall["status"] == "no face" and wall["faces"] == []
+        cli_ok("predict", "svm", folder, "--faces", "detect", "--out", tmp_path / "p.csv", "--workdir", work)
+        import pandas as pd
+
+        table = pd.read_csv(tmp_path / "p.csv")
+        rows = table[table.path.str.endswith("group.png")].sort_values("face")
+        assert np.allclose(sorted(rows.score), sorted(f["score"] for f in group["faces"]), atol=1e-5)
+        bad = httpx.post(f"{url}/v1/score", files=files[:1], data={"faces": "sideways"})
+        assert bad.status_code == 400 and "faces must be" in bad.json()["error"]
+        video = httpx.post(f"{url}/v1/video", files=[("file", ("clip.mp4", clip.read_bytes(), "video/mp4"))],
+                           data={"model": "svm", "fps": "2", "top_k": "2"}, timeout=120)
+        assert video.status_code == 200, video.text
+        body = video.json()
+        assert body["status"] == "ok" and len(body["tracks"]) == 2 and len(body["frames"]) == 4
+        frame_scores = sorted((max(f["score"] for f in frame["faces"]) for frame in body["frames"]), reverse=True)
+        assert body["score"] == pytest.approx(np.mean(frame_scores[:2]))
+        junk = httpx.post(f"{url}/v1/video", files=[("file", ("x.mp4", b"not a video", "video/mp4"))])
+        assert junk.status_code == 422 and "not a readable video" in junk.json()["error"]
+        assert httpx.get(f"{url}/healthz").status_code == 200  # still serving
