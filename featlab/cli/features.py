@@ -32,7 +32,7 @@ def extract(
     weights: str = typer.Option("default", "--weights", help="default, a state_dict file, or none (random: tests only)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda > cpu), cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
-    engine: str = typer.Option("auto", "--engine", help="torch or onnxruntime (resnet50-opennsfw on CPU)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, torch or onnxruntime (CPU, fp32; auto: the engine make bench measured faster for the backbone)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(512, "--shard-size", min=1, help="Images per committed shard (the most a "
                                    "killed run can lose)."),

@@ -56,8 +56,9 @@ class Extractor:
     backbone : the loaded backbone.
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : ``auto`` (bf16 on CPUs with native bf16, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
-    engine : ``torch`` or ``onnxruntime`` (resnet50-opennsfw on CPU only); ``auto`` picks onnxruntime
-        for resnet50-opennsfw on the CPU (precision auto/fp32), torch otherwise.
+    engine : ``torch`` or ``onnxruntime`` (CPU only, fp32: open_nsfw's shipped graph, or any other backbone's torch
+        embedding exported to ONNX in memory); ``auto`` picks, on the CPU with precision auto/fp32, the engine
+        ``make bench`` measured faster for the backbone (:attr:`BackboneSpec.cpu_engine`), torch otherwise.
     recipe : which stages, pooling, view and flip make the embedding (:mod:`featlab.features.recipe`); the
         dataclass default is the classic pooled embedding, while ``featlab extract`` and
         :class:`featlab.DeepFeatures` use :func:`featlab.features.recipe.default_recipe`.
@@ -82,23 +83,38 @@ class Extractor:
         if self.engine not in ENGINES:
             raise FeatlabError(f"engine must be one of {', '.join(ENGINES)}")
         if self.engine == "auto":
-            # onnxruntime fp32 measured faster than torch bf16 for this model on CPU (make bench)
-            ort_ok = self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]
-            self.engine = "onnxruntime" if ort_ok and self.torch_device.type == "cpu" and self.precision in (
-                "auto", "fp32") else "torch"
+            # the faster CPU engine, measured per backbone by make bench (BackboneSpec.cpu_engine); onnxruntime is fp32
+            self.engine = "onnxruntime" if (self.backbone.spec.cpu_engine == "onnxruntime" and self._ort_available()
+                                            and self.torch_device.type == "cpu"
+                                            and self.precision in ("auto", "fp32")) else "torch"
         if self.engine == "onnxruntime":
-            if self.backbone.name != "resnet50-opennsfw" or not self.backbone.weights["pretrained"]:
-                raise FeatlabError("engine onnxruntime exists for backbone resnet50-opennsfw with its shipped weights")
             if self.torch_device.type != "cpu":
                 raise FeatlabError("engine onnxruntime runs on the CPU only")
-            from featlab.features.opennsfw import OnnxRuntimeEmbedding
-
             self.precision = "fp32"
-            self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=self.recipe)
+            if self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]:
+                from featlab.features.opennsfw import OnnxRuntimeEmbedding  # its own shipped graph
+
+                self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=self.recipe)
+            else:
+                from featlab.features.onnx_engine import ExportedOnnxEmbedding
+
+                self.model = ExportedOnnxEmbedding(self._torch_embedding(), threads=torch.get_num_threads())
         else:
             self.precision = resolve_precision(self.precision, self.torch_device)
-            model = self.backbone.model.to(self.torch_device, memory_format=torch.channels_last).eval()
-            self.model = model if self.recipe.is_classic else LayerTap(model, self.backbone.spec, self.recipe)
+            self.model = self._torch_embedding().to(self.torch_device, memory_format=torch.channels_last)
+
+    def _torch_embedding(self) -> torch.nn.Module:
+        model = self.backbone.model.eval()
+        return model if self.recipe.is_classic else LayerTap(model, self.backbone.spec, self.recipe)
+
+    def _ort_available(self) -> bool:
+        if self.backbone.name == "resnet50-opennsfw" and not self.backbone.weights["pretrained"]:
+            return False  # random open_nsfw weights live in torch only; the shipped graph holds the real ones
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
 
     @property
     def dim(self) -> int:

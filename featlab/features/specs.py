@@ -136,6 +136,9 @@ class BackboneSpec:
     default_layers: tuple[str, ...] | None = None
     #: Stages output token maps (N, 1 + patches, width) with a class token first (a ViT), not (N, C, H, W).
     tokens: bool = False
+    #: The faster engine on a CPU, measured by ``make bench`` (torch bf16 vs onnxruntime fp32): what engine ``auto``
+    #: picks there.
+    cpu_engine: str = "torch"
 
 
 @dataclass

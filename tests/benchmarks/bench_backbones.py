@@ -29,6 +29,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 BACKBONES = ["resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite2", "dinov2-vits14"]
+# Variants of a backbone's default recipe, each a candidate of its own: (label, backbone, extract options, fit options).
+VARIANTS = [
+    ("resnet50-opennsfw + augmented training copies (jpeg,blur)", "resnet50-opennsfw", [], {"augment": "jpeg,blur"}),
+    ("efficientnet-lite0, whole image squeezed (view full)", "efficientnet-lite0", ["--view", "full"], {}),
+]
 RULE = ("score = mean(valid ROC-AUC in source, valid ROC-AUC 140K -> CIPLAB, valid ROC-AUC CIPLAB -> 140K); the "
         "highest score is chosen. Valid split only; the test split is read once per candidate, after the choice.")
 
@@ -59,7 +64,9 @@ def forward_rate(backbone: str, cache_meta: dict, images: list[str], batch: int 
 
 
 def cross_source(cache, meta: dict) -> dict[str, float]:
-    """Fit the recipe's pipeline (the model's chosen C / gamma) on one source's train split, score the other's valid."""
+    """Fit the recipe's pipeline (the model's chosen C / gamma) on one source's train split, score the other's valid.
+
+    A model fitted with ``augment`` gets the augmented copies of that source's training images too."""
     from featlab.core.metrics import binary_metrics
     from featlab.data.groups import find_groups, groups_for
     from featlab.detectors.classical import build_pipeline, scores
@@ -77,8 +84,15 @@ def cross_source(cache, meta: dict) -> dict[str, float]:
     out = {}
     for a, b in (("source=140k", "source=ciplab"), ("source=ciplab", "source=140k")):
         mask, test = train_source == a, valid_source == b
+        X_fit, y_fit = X_train[mask], y_train[mask]
+        augment = (meta.get("options") or {}).get("augment")
+        if augment:
+            from featlab.detectors.svm import augmented_embeddings
+
+            X_aug, y_aug = augmented_embeddings(cache, train_index[mask].reset_index(drop=True), augment, seed=0)
+            X_fit, y_fit = np.concatenate([X_fit, X_aug]), np.concatenate([y_fit, y_aug])
         pipeline = build_pipeline(pca=min(256, int(mask.sum()) - 1), seed=0).set_params(**meta["best_params"])
-        pipeline.fit(X_train[mask], y_train[mask])
+        pipeline.fit(X_fit, y_fit)
         score, threshold, _ = scores(pipeline, X_valid[test])
         out[f"{a.removeprefix('source=')} -> {b.removeprefix('source=')}"] = binary_metrics(
             y_valid[test], score, threshold)["roc_auc"]
@@ -102,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=str(REPO / "bench-out" / "backbones"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results-backbones.md"))
     parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="only each backbone's default recipe (no augmented or whole-image variants)")
     args = parser.parse_args(argv)
     shared, work = Path(args.shared), Path(args.work)
     if not (shared / "140k").is_dir() or not (shared / "ciplab").is_dir():
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     from featlab.core.versions import hardware, library_versions
     from featlab.detectors.features_detector import fit_svm_detector
     from featlab.evaluation.evaluate import evaluate_model
-    from featlab.features.cache import select_cache
+    from featlab.features.cache import EmbeddingCache
 
     started = time.perf_counter()
     exe = str(Path(sys.executable).parent / "featlab")
@@ -118,20 +134,26 @@ def main(argv: list[str] | None = None) -> None:
         str(work / "faces"), "--seed", "0", "--link")
     data = work / "faces" / "combined-real-vs-fake"
     ws = featlab.Workspace.resolve(work / "featlab-work").ensure_writable()
-    rows, detectors = [], {}
-    for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
-        run(exe, "extract", "--data", str(data), "--backbone", backbone, "--workdir", str(ws.root), "--no-progress")
-        cache = select_cache(ws.features, backbone)
-        detector, result = fit_svm_detector(cache, ws, name=f"svm-{backbone}", force=True, pca=256)
-        detectors[backbone] = detector
+    rows, detectors, caches = [], {}, {}
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    candidates = [(b, b, [], {}) for b in backbones] + [v for v in VARIANTS if v[1] in backbones and args.variants]
+    for number, (label, backbone, extract_options, fit_options) in enumerate(candidates):
+        printed = run(exe, "extract", "--data", str(data), "--backbone", backbone, *extract_options, "--workdir",
+                      str(ws.root), "--no-progress")
+        cache = EmbeddingCache(next(folder for line in printed.splitlines()[::-1] if line.startswith("features: ")
+                                    and Path(folder := line.split(": ", 1)[1].strip()).is_dir()))
+        name = f"svm-{backbone}" if label == backbone else f"svm-{backbone}-variant{number}"
+        detector, result = fit_svm_detector(cache, ws, name=name, force=True, pca=256, **fit_options)
+        if label == backbone:
+            detectors[backbone], caches[backbone] = detector, cache
         valid, _ = evaluate_model(detector, ws, split="valid", plots=False)
         images = list(cache.index().path[:128])
-        rows.append({"candidate": backbone, "kind": "svm", "valid": valid, "cross": cross_source(cache, detector.meta),
+        rows.append({"candidate": label, "kind": "svm", "valid": valid, "cross": cross_source(cache, detector.meta),
                      "detector": detector, "extract": cache.meta.get("extract_images_per_s"),
                      "forward": forward_rate(backbone, cache.meta, images), "dim": int(cache.meta["embed_dim"]),
                      "weights": detector.describe()["weights"]})
     if len(detectors) >= 2:  # concatenated features of every backbone, and a score-level ensemble of their SVMs
-        names = [select_cache(ws.features, b).folder.name for b in detectors]
+        names = [caches[b].folder.name for b in detectors]
         run(exe, "fit-svm", "--features", ",".join(names), "--pca", "256", "--workdir", str(ws.root), "--name",
             "svm-concat", "--force")
         concat = featlab.load("svm-concat", ws)

