@@ -224,8 +224,10 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
     async def page():
         return HTMLResponse(PAGE)
 
-    async def read_upload(request: Request):
-        """(form, [(filename, bytes)], detector) of a size-checked multipart upload, or the JSON error to answer."""
+    async def read_upload(request: Request, single: str = ""):
+        """(form, [(filename, bytes)], detector) of a size-checked multipart upload, or the JSON error to answer.
+
+        ``single``: the endpoint takes exactly one file; otherwise a 400 saying "<single> per request"."""
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes):
             return error(413, f"the upload exceeds {settings.max_upload_bytes:,} bytes")
@@ -250,16 +252,16 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
         detector = by_name.get(str(name))
         if detector is None:
             return error(404, f"no model {name!r} here (loaded: {', '.join(by_name)})")
+        if single and len(files) != 1:
+            return error(400, f"{single} per request")
         return form, files, detector
 
     @app.post("/v1/explain")
     async def explain(request: Request):
-        upload = await read_upload(request)
+        upload = await read_upload(request, single="explain takes one image")
         if isinstance(upload, JSONResponse):
             return upload
         form, files, detector = upload
-        if len(files) != 1:
-            return error(400, "explain takes one image per request")
         from featlab.evaluation.explain import resolve_method
 
         try:
@@ -351,12 +353,10 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
     @app.post("/v1/video")
     async def video(request: Request):
         """One video per request: per-video, per-track and per-frame scores (see featlab video)."""
-        upload = await read_upload(request)
+        upload = await read_upload(request, single="video takes one file")
         if isinstance(upload, JSONResponse):
             return upload
         form, files, detector = upload
-        if len(files) != 1:
-            return error(400, "video takes one file per request")
         try:
             fps = float(form.get("fps") or 1.0)
             max_frames = int(form.get("max_frames") or settings.max_video_frames)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from realfaces import build_combined
 
 REPO = Path(__file__).resolve().parents[2]
 BACKBONES = ["resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite2", "dinov2-vits14"]
@@ -33,6 +34,12 @@ BACKBONES = ["resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite2", "d
 VARIANTS = [
     ("resnet50-opennsfw + augmented training copies (jpeg,blur)", "resnet50-opennsfw", [], {"augment": "jpeg,blur"}),
     ("efficientnet-lite0, whole image squeezed (view full)", "efficientnet-lite0", ["--view", "full"], {}),
+    ("efficientnet-lite0, stages 2-5 (mean+std)", "efficientnet-lite0",
+     ["--layers", "stage2,stage3,stage4,stage5", "--pooling", "avg+std"], {}),
+    ("efficientnet-lite0, stages 4-5 (average)", "efficientnet-lite0", ["--layers", "stage4,stage5", "--pooling", "avg"],
+     {}),
+    ("dinov2-vits14, last block, class token (UnivFD-style)", "dinov2-vits14", ["--layers", "block12", "--pooling",
+                                                                                "cls"], {}),
 ]
 RULE = ("score = mean(valid ROC-AUC in source, valid ROC-AUC 140K -> CIPLAB, valid ROC-AUC CIPLAB -> 140K); the "
         "highest score is chosen. Valid split only; the test split is read once per candidate, after the choice.")
@@ -120,8 +127,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="only each backbone's default recipe (no augmented or whole-image variants)")
     args = parser.parse_args(argv)
     shared, work = Path(args.shared), Path(args.work)
-    if not (shared / "140k").is_dir() or not (shared / "ciplab").is_dir():
-        sys.exit(f"bench-backbones: real faces not found at {shared}; nothing measured")
     import featlab
     from featlab.core.versions import hardware, library_versions
     from featlab.detectors.features_detector import fit_svm_detector
@@ -130,9 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     exe = str(Path(sys.executable).parent / "featlab")
-    run(exe, "data", "build", "--faces140k", str(shared / "140k"), "--ciplab", str(shared / "ciplab"), "--out",
-        str(work / "faces"), "--seed", "0", "--link")
-    data = work / "faces" / "combined-real-vs-fake"
+    data = build_combined(shared, work, "bench-backbones")
     ws = featlab.Workspace.resolve(work / "featlab-work").ensure_writable()
     rows, detectors, caches = [], {}, {}
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]

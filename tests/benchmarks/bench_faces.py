@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
+from realfaces import build_combined
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -99,13 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cnn-epochs", default="3")
     args = parser.parse_args(argv)
     shared, work, docs = Path(args.shared), Path(args.work), Path(args.docs)
-    if not (shared / "140k").is_dir() or not (shared / "ciplab").is_dir():
-        sys.exit(f"bench-faces: real faces not found at {shared} (need 140k/ and ciplab/); nothing measured")
     featlab = str(Path(sys.executable).parent / "featlab")
     started = time.perf_counter()
-    run(featlab, "data", "build", "--faces140k", str(shared / "140k"), "--ciplab", str(shared / "ciplab"),
-        "--out", str(work / "faces"), "--seed", "0", "--link")
-    combined = work / "faces" / "combined-real-vs-fake"
+    combined = build_combined(shared, work, "bench-faces")
     ws = work / "featlab-work"
 
     from featlab.data.faces import use_cache

@@ -270,4 +270,6 @@ def test_faces_and_videos_per_request(models, tmp_path):
         assert body["score"] == pytest.approx(np.mean(frame_scores[:2]))
         junk = httpx.post(f"{url}/v1/video", files=[("file", ("x.mp4", b"not a video", "video/mp4"))])
         assert junk.status_code == 422 and "not a readable video" in junk.json()["error"]
+        two = httpx.post(f"{url}/v1/video", files=[("file", ("a.mp4", clip.read_bytes(), "video/mp4"))] * 2)
+        assert two.status_code == 400 and two.json()["error"] == "video takes one file per request"
         assert httpx.get(f"{url}/healthz").status_code == 200  # still serving
