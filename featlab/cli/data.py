@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from featlab.cli.common import FACE_MARGIN_OPTION, FACE_SIZE_OPTION, friendly
+from featlab.cli.common import FACE_MARGIN_OPTION, FACE_SIZE_OPTION, echo_auto_faces, friendly
 from featlab.core.checks import existing_dir
 
 app = typer.Typer(help="Dataset tools: assemble, check and generate datasets.", no_args_is_help=True)
@@ -70,7 +70,6 @@ def data_build(
 
 
 def _write_faces(root: Path, out: Path, mode: str, size: int | None, margin: float | None) -> None:
-    from featlab.cli.common import echo_auto_faces
     from featlab.data.dataset import scan_dataset
     from featlab.data.faces import align_dataset, choose_faces
 

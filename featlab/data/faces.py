@@ -304,6 +304,7 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, stage: FaceSt
     crop's ``source`` over from a ``featlab data build`` manifest, so reports still break results down per
     source. Crops already written are kept (a killed run resumes); each is written atomically."""
     import pandas as pd
+    from tqdm.auto import tqdm
 
     from featlab.core.fileio import atomic_write
     from featlab.data.dataset import load_rgb, scan_dataset
@@ -315,8 +316,6 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, stage: FaceSt
     manifest = scan_dataset(root, check_images=False)
     groups = find_groups(root)
     rows = []
-    from tqdm.auto import tqdm
-
     for item in tqdm(list(manifest.itertuples()), desc="faces", unit="img", disable=not progress):
         split_dir = "" if item.split == "all" else item.split
         target = out / split_dir / item.label_name / f"{Path(item.path).stem}.png"

@@ -22,7 +22,15 @@ SCORING_FACE_MODES = ("model",) + FACE_MODES
 
 def faces_for(detector: Detector, mode: str = "model", manifest: pd.DataFrame | None = None, size: int | None = None,
               margin: float | None = None, allow_mismatch: bool = False) -> tuple[Detector, dict]:
-    """``detector`` scoring through the face stage ``mode`` asks for, and the decision.
+    """``detector`` scoring through the face stage ``mode`` asks for (:func:`scoring_stage`), and the decision."""
+    stage, decision = scoring_stage(detector, mode, manifest, size, margin, allow_mismatch)
+    return (detector if mode == "model" else detector.with_faces(stage)), decision
+
+
+def scoring_stage(detector: Detector, mode: str = "model", manifest: pd.DataFrame | None = None,
+                  size: int | None = None, margin: float | None = None,
+                  allow_mismatch: bool = False) -> tuple[FaceStage | None, dict]:
+    """The face stage (None: whole images) ``detector`` scores through when ``mode`` is asked for, and the decision.
 
     ``model``: the stage the model was trained with (its preprocessing). ``detect`` / ``none``: that stage, or
     whole images; a model trained on aligned faces refuses whole images unless ``allow_mismatch`` (the preprocessing
@@ -33,7 +41,7 @@ def faces_for(detector: Detector, mode: str = "model", manifest: pd.DataFrame | 
         raise FeatlabError(f"--faces must be one of {', '.join(SCORING_FACE_MODES)}, got {mode!r}")
     own = detector.faces
     if mode == "model":
-        return detector, {"mode": "model", "faces": "detect" if own is not None else "none"}
+        return own, {"mode": "model", "faces": "detect" if own is not None else "none"}
     if mode == "auto" and manifest is None:
         raise FeatlabError("--faces auto needs the images to decide on")
     default_size = own.size if own is not None else detector.prep.resize
@@ -44,7 +52,7 @@ def faces_for(detector: Detector, mode: str = "model", manifest: pd.DataFrame | 
         raise FeatlabError(f"{detector.name} was trained on aligned face crops (--faces detect): whole images are not "
                            "what it learned to score; leave --faces at model, or add --allow-mismatch to score whole "
                            "images anyway")
-    return detector.with_faces(stage), decision
+    return stage, decision
 
 
 def predict_faces(detector: Detector, target: str | os.PathLike, stage: FaceStage | None = None) -> pd.DataFrame:

@@ -43,6 +43,7 @@ from featlab.data.dataset import load_rgb
 from featlab.data.faces import FaceStage
 from featlab.data.video import is_video
 from featlab.detectors.base import Detector
+from featlab.evaluation.faces import scoring_stage
 
 log = logging.getLogger("featlab.service")
 
@@ -281,14 +282,12 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
     def face_stage(form, detector: Detector):
         """The face stage a request asks for (form field ``faces``: model, detect or none), or the JSON error."""
         mode = str(form.get("faces") or "model")
-        if mode not in ("model", "detect", "none"):
+        if mode not in ("model", "detect", "none"):  # auto decides on a dataset, not on one request
             return error(400, f"faces must be model, detect or none, got {mode!r}")
-        own = detector.faces
-        if mode == "none" and own is not None:
-            return error(400, f"{detector.name} was trained on aligned face crops; it does not score whole images")
-        if mode == "model" or mode == "none":
-            return own
-        return own or FaceStage(size=detector.prep.resize)
+        try:
+            return scoring_stage(detector, mode)[0]
+        except FeatlabError as bad:
+            return error(400, str(bad))
 
     @app.post("/v1/score")
     async def score(request: Request):
@@ -307,15 +306,15 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
 
         async def one(filename: str, data: bytes) -> dict:
             started = time.perf_counter()
+            base = {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"]}
             if is_video(filename):  # a video among the files: scored as POST /v1/video would, at its defaults
                 clip = await loop.run_in_executor(executor, _video, filename, data, detector, stage, 1.0,
                                                   settings.max_video_frames, 3)
                 if clip.status == "quarantined":
                     return {"file": filename, "error": clip.reason}
                 metrics.images[detector.name] += sum(len(f["faces"]) for f in clip.frames)
-                return {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"],
-                        "status": clip.status, "video": {"sampled_frames": clip.sampled, "tracks": clip.tracks,
-                                                         "fps": 1.0, "top_k": 3},
+                return {**base, "status": clip.status,
+                        "video": {"sampled_frames": clip.sampled, "tracks": clip.tracks, "fps": 1.0, "top_k": 3},
                         **(card(clip.score) if clip.status == "ok" else {"error": clip.reason}),
                         "timings_ms": {"total": round((time.perf_counter() - started) * 1000, 3)}}
             try:
@@ -326,7 +325,6 @@ def create_app(detectors: list[Detector], settings: ServiceSettings | None = Non
             except BadImageError as bad:
                 return {"file": filename, "error": str(bad)}
             decoded = time.perf_counter()
-            base = {"file": filename, "model": detector.name, "fingerprint": detector.meta["sha256"]}
             if stage is None:
                 value = await batchers[detector.name].score(pixels)
                 metrics.images[detector.name] += 1

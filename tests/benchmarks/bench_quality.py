@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_backbones import auc, by_group
 from realfaces import build_combined
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,8 +143,8 @@ def more_models(featlab: str, data: Path, ws: str, svm_default: str) -> str:
         cells = []
         for split in ("valid", "test"):
             report, _ = evaluate_model(detector, workspace, split=split, plots=False)
-            groups = {g["group"]: g for g in report.get("groups") or []}
-            cells += [_auc(report["metrics"]), _auc(groups.get("source=140k")), _auc(groups.get("source=ciplab"))]
+            groups = by_group(report)
+            cells += [auc(report["metrics"]), auc(groups.get("source=140k")), auc(groups.get("source=ciplab"))]
             figures[(label, split)] = report["metrics"]["roc_auc"]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     svm_test = figures[("SVM (default)", "test")]
@@ -155,13 +156,6 @@ def more_models(featlab: str, data: Path, ws: str, svm_default: str) -> str:
             "(`featlab fit-ensemble`). The best CNN is chosen on valid.\n\n" + "\n".join(rows)
             + f"\n\nBest fine-tuned CNN on valid: {best_cnn}; its test ROC-AUC is {gap:+.3f} below the default SVM's "
             f"(target: within 0.02 or better; {verdict}).\n")
-
-
-def _auc(m: dict | None) -> str:
-    if not m or m.get("roc_auc") is None:
-        return "n/a"
-    ci = m.get("roc_auc_ci")
-    return f"{m['roc_auc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
 def backbones_section(shared: Path, work: Path, docs: Path) -> str:
