@@ -62,6 +62,35 @@ def roc_auc_interval(y_true: np.ndarray, score: np.ndarray, level: float = CI_LE
     return [float(low), float(high)]
 
 
+def stratified_resamples(strata: np.ndarray, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> np.ndarray:
+    """Bootstrap row indices, shape (resamples, n): each stratum's members drawn with replacement, its count kept.
+
+    Column ``j`` of every resample holds a member of row ``j``'s stratum, so a subset of columns (one source, one
+    class) is the same subset in every resample. Draw once and score several models on the same resamples for a
+    *paired* comparison (:func:`resampled_roc_auc`)."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, len(strata)), dtype=np.int64)
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        out[:, members] = members[rng.integers(0, len(members), (resamples, len(members)))]
+    return out
+
+
+def resampled_roc_auc(y_true: np.ndarray, score: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The ROC-AUC of ``score`` on each row of ``indices`` (from :func:`stratified_resamples`, stratified by at
+    least the label so that each row holds both classes): the Mann-Whitney statistic from average ranks."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true).astype(int)[indices]
+    ranks = rankdata(np.asarray(score, dtype=float)[indices], axis=1)
+    n1 = y.sum(axis=1)
+    n0 = y.shape[1] - n1
+    if (n1 == 0).any() or (n0 == 0).any():
+        raise ValueError("every resample must hold both classes: stratify by the label")
+    return ((ranks * y).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
 def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     """Every metric of the common report.
 

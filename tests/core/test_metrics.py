@@ -122,3 +122,24 @@ def test_roc_auc_interval_is_seeded_brackets_the_auc_and_covers_the_truth():
         lo, hi = roc_auc_interval(yy, r.normal(size=150) + yy, resamples=400, seed=trial)
         hits += lo <= truth <= hi
     assert 0.88 <= hits / 150 <= 0.99, hits / 150
+
+
+def test_stratified_resamples_keep_each_stratum_in_its_columns_and_resampled_aucs_match_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from featlab.core.metrics import resampled_roc_auc, stratified_resamples
+
+    rng = np.random.default_rng(1)
+    strata = np.array(["a:0"] * 30 + ["a:1"] * 20 + ["b:0"] * 25 + ["b:1"] * 25)
+    y = np.array([int(s[-1]) for s in strata])
+    score = np.round(rng.normal(size=100) + y, 1)  # ties count one half, as in sklearn
+    rows = stratified_resamples(strata, resamples=50, seed=3)
+    assert rows.shape == (50, 100) and (stratified_resamples(strata, resamples=50, seed=3) == rows).all()
+    assert (strata[rows] == strata).all()  # column j always draws from j's stratum
+    assert len({tuple(r) for r in rows}) == 50  # with replacement, each resample differs
+    aucs = resampled_roc_auc(y, score, rows)
+    assert np.allclose(aucs, [roc_auc_score(y[r], score[r]) for r in rows])
+    b = np.flatnonzero(np.char.startswith(strata, "b"))  # a subset of columns is the same subset in each resample
+    assert np.allclose(resampled_roc_auc(y, score, rows[:, b]), [roc_auc_score(y[r[b]], score[r[b]]) for r in rows])
+    with pytest.raises(ValueError, match="both classes"):
+        resampled_roc_auc(y, score, rows[:, :30])
