@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['candidate']} | {r['kind']} | {r.get('dim', 'n/a')} | {auc(r['valid']['metrics'])} | "
             f"{auc(g.get('source=140k'))} | {auc(g.get('source=ciplab'))} | "
             f"{_f(r['cross'].get('140k -> ciplab'))} | {_f(r['cross'].get('ciplab -> 140k'))} | {_f(r['score'])} | "
-            f"{_gain(r.get('gain'))} | {_f(r.get('extract'), 1)} | {_f(r.get('forward'), 1)} | {_f(ratio, 2)} |")
+            f"{'(the default)' if r['candidate'] == DEFAULT else _gain(r.get('gain'))} | {_f(r.get('extract'), 1)} | {_f(r.get('forward'), 1)} | {_f(ratio, 2)} |")
     lines += ["", "The ensemble's cross-source columns are not computed (each member would be refitted per source), so the "
               "rule cannot choose it; its in-source figures are shown for comparison."]
     if not args.all_variants and args.variants:
@@ -313,8 +313,6 @@ def _cache_of(detector, ws):
 
 
 def _gain(gain: tuple[float, float, float] | None) -> str:
-    if gain == (0.0, 0.0, 0.0):
-        return "(the default)"
     return "n/a" if gain is None else f"{gain[0]:+.3f} ({gain[1]:+.3f} to {gain[2]:+.3f})"
 
 
