@@ -33,7 +33,7 @@ demo:
 bench:
 	$(PY) tests/benchmarks/run_all.py
 
-# Results on real faces (../shared/faces): writes docs/results.md. Long (about 30 min on 2 cores): run it alone.
+# Results on real faces (../shared/faces): writes docs/results.md. Long (about an hour from cold on 2 cores): run it alone.
 bench-quality:
 	$(PY) tests/benchmarks/bench_quality.py
 

@@ -35,7 +35,7 @@ from featlab.data.groups import find_groups, groups_for
 from featlab.detectors.configs import SVMFitConfig, TrainConfig
 from featlab.detectors.modelfile import update_model_meta
 from featlab.features.backbones import get_spec, load_backbone, resolve_auto
-from featlab.features.extract import Extractor, extract_manifest
+from featlab.features.extract import Extractor, extract_together
 from featlab.features.recipe import FeatureRecipe, default_recipe
 from featlab.reports.report import is_synthetic, write_comparison
 
@@ -139,11 +139,12 @@ def _transfer_scores(meta: dict, cache, settings: BenchmarkSettings) -> list[dic
     return rows
 
 
-def _extract(manifest, backbone_name: str, recipe: FeatureRecipe, ws: Workspace, root: Path, progress: bool):
-    extractor = Extractor(load_backbone(backbone_name), recipe=recipe)
-    started = time.perf_counter()
-    result = extract_manifest(manifest, extractor, ws.features, progress=progress, data_root=str(root.resolve()))
-    return result, time.perf_counter() - started
+def _extract(manifest, backbone_name: str, recipes: list[FeatureRecipe], ws: Workspace, root: Path, progress: bool):
+    """Every recipe of one backbone; recipes that share a view are computed in one pass over the images
+    (:func:`featlab.features.extract.extract_together`), each into its own cache."""
+    backbone = load_backbone(backbone_name)
+    return extract_together(manifest, [Extractor(backbone, recipe=recipe) for recipe in recipes], ws.features,
+                            progress=progress, data_root=str(root.resolve()))
 
 
 def _train_cnn(arch: str, root: Path, ws: Workspace, settings: BenchmarkSettings, progress: bool) -> tuple[Path, str]:
@@ -197,9 +198,12 @@ def run_benchmark(
         spec = get_spec(name)
         candidates = [FeatureRecipe.from_dict(r).validate(spec) for r in settings.recipes] if position == 0 else []
         final = default_recipe(spec)
-        for recipe in [*[c for c in candidates if c != final], final]:
-            result, seconds = _extract(manifest, name, recipe, ws=workspace, root=root, progress=progress)
-            echo(f"extract {name} [{recipe.describe()}]: {result.computed} computed in {seconds:.1f} s")
+        recipes = [*[c for c in candidates if c != final], final]
+        for recipe, result in zip(recipes, _extract(manifest, name, recipes, workspace, root, progress)):
+            seconds = result.seconds
+            shared = len(result.cache.meta.get("extract_shared_with") or []) + 1
+            echo(f"extract {name} [{recipe.describe()}]: {result.computed} computed in {seconds:.1f} s"
+                 + (f" (one pass for {shared} recipes)" if shared > 1 and result.computed else ""))
             model_name = f"bench-svm-{name}-{result.cache.folder.name.rsplit('-', 1)[-1]}"
             fit_started = time.perf_counter()
             folder, reused = _svm_fit(result.cache, workspace, model_name, settings)
@@ -208,7 +212,7 @@ def run_benchmark(
             echo(f"  svm {folder.name}: " + ("reusing the finished model" if reused else f"fitted in {fit_seconds:.1f} s"))
             row = {"backbone": name, "recipe": recipe.as_dict(), "describe": recipe.describe(), "dim": recipe.dim(spec),
                    "model": folder.name, "extract_seconds": seconds, "computed": result.computed,
-                   "extract_images_per_s": result.cache.meta.get("extract_images_per_s"),
+                   "extract_images_per_s": result.cache.meta.get("extract_images_per_s"), "extract_pass_shared_by": shared,
                    "fit_seconds_this_run": fit_seconds, "default": recipe == final}
             if "valid" in set(manifest.split):
                 row["valid"] = _valid_scores(detector, result.cache)
@@ -288,6 +292,11 @@ def _overlap_note(recipes: list[dict]) -> str:
             "a gain smaller than the interval is noise.")
 
 
+def _shared(row: dict) -> str:
+    shared = row.get("extract_pass_shared_by") or 1
+    return f" (one pass for {shared} recipes)" if shared > 1 else ""
+
+
 def _f(value) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
@@ -334,7 +343,9 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             "## Feature recipes, compared on the valid split",
             "",
             "Each row: embeddings of one recipe -> StandardScaler -> PCA -> SVC, C (and gamma) chosen on valid by "
-            "balanced accuracy, fitted on train. Selection figures, not test results.",
+            "balanced accuracy, fitted on train. Selection figures, not test results. Recipes that share a view are "
+            "extracted in one pass over the images (one decode and one forward per image for all of them; the rate "
+            "shown is that pass's).",
             "",
             "| backbone | recipe | dim | valid ROC-AUC (95% CI) | " + " | ".join(f"valid AUC {g}" for g in group_names)
             + " | extract img/s | default |",
@@ -346,7 +357,7 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             lines.append(
                 f"| {r['backbone']} | {r['describe']} | {r['dim']} | {_auc(valid.get('metrics', {}))} | "
                 + " | ".join(_f(per.get(g)) for g in group_names)
-                + f" | {_f(r.get('extract_images_per_s'))} | {'yes' if r['default'] else ''} |"
+                + f" | {_f(r.get('extract_images_per_s'))}{_shared(r)} | {'yes' if r['default'] else ''} |"
             )
         lines.append("")
         lines += [_overlap_note(summary["recipes"]), ""]

@@ -27,7 +27,7 @@ from featlab.data.faces import FaceStage, choose_faces
 from featlab.data.perturb import Perturbation
 from featlab.features.backbones import Backbone, load_backbone, resolve_auto
 from featlab.features.cache import EmbeddingCache, dataset_tag
-from featlab.features.recipe import FeatureRecipe, LayerTap, default_recipe
+from featlab.features.recipe import FeatureRecipe, JointRecipe, LayerTap, default_recipe
 from featlab.features.runtime import (  # noqa: F401 - re-exported for callers of featlab.features.extract
     PRECISIONS,
     ImageTensors,
@@ -91,21 +91,33 @@ class Extractor:
             if self.torch_device.type != "cpu":
                 raise FeatlabError("engine onnxruntime runs on the CPU only")
             self.precision = "fp32"
+        else:
+            self.precision = resolve_precision(self.precision, self.torch_device)
+        self.model = self._build(self.recipe)
+
+    def _build(self, recipe: FeatureRecipe | JointRecipe) -> torch.nn.Module:
+        """The module computing ``recipe``'s embedding on this extractor's engine and device."""
+        if self.engine == "onnxruntime":
             if self.backbone.name == "resnet50-opennsfw" and self.backbone.weights["pretrained"]:
                 from featlab.features.opennsfw import OnnxRuntimeEmbedding  # its own shipped graph
 
-                self.model = OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=self.recipe)
-            else:
-                from featlab.features.onnx_engine import ExportedOnnxEmbedding
+                return OnnxRuntimeEmbedding(threads=torch.get_num_threads(), recipe=recipe)
+            from featlab.features.onnx_engine import ExportedOnnxEmbedding
 
-                self.model = ExportedOnnxEmbedding(self._torch_embedding(), threads=torch.get_num_threads())
-        else:
-            self.precision = resolve_precision(self.precision, self.torch_device)
-            self.model = self._torch_embedding().to(self.torch_device, memory_format=torch.channels_last)
+            return ExportedOnnxEmbedding(self._torch_embedding(recipe), threads=torch.get_num_threads())
+        return self._torch_embedding(recipe).to(self.torch_device, memory_format=torch.channels_last)
 
-    def _torch_embedding(self) -> torch.nn.Module:
+    def _torch_embedding(self, recipe: FeatureRecipe | JointRecipe) -> torch.nn.Module:
         model = self.backbone.model.eval()
-        return model if self.recipe.is_classic else LayerTap(model, self.backbone.spec, self.recipe)
+        classic = isinstance(recipe, FeatureRecipe) and recipe.is_classic
+        return model if classic else LayerTap(model, self.backbone.spec, recipe)
+
+    def pass_key(self) -> tuple:
+        """What must be equal for extractors to share one pass over the images (all but the recipe's stages,
+        pooling and flip): the same loaded backbone, device, precision, engine, preprocessing and perturbation."""
+        perturbation = self.perturbation.as_dict() if self.perturbation else None
+        return (id(self.backbone), str(self.torch_device), self.precision, self.engine,
+                repr(sorted(self.preprocessing.as_dict().items())), repr(perturbation))
 
     def _ort_available(self) -> bool:
         if self.backbone.name == "resnet50-opennsfw" and not self.backbone.weights["pretrained"]:
@@ -152,6 +164,49 @@ class Extractor:
             if self.recipe.flip:
                 out = (out + self.model(batch.flip(3)).float()) / 2
         return out.cpu().numpy()
+
+    def embed_all(self, batch_uint8: torch.Tensor) -> list[np.ndarray]:
+        """The embeddings of a batch, one array per cache this extractor fills (one): see :class:`JointExtractor`."""
+        return [self(batch_uint8)]
+
+
+class JointExtractor:
+    """Extractors of one backbone that differ only in their recipe (stages, pooling, flip), run as one.
+
+    Every image is decoded once and goes through the network once (twice when a recipe averages the mirror image);
+    each member's embedding is cut out of the union of the pooled stages (:class:`JointRecipe`), the same numbers
+    as when the member runs alone, so each member keeps its own cache and key.
+
+    Parameters
+    ----------
+    members : extractors whose :meth:`Extractor.pass_key` is equal (e.g. built on one loaded backbone).
+    """
+
+    def __init__(self, members: list[Extractor]) -> None:
+        if not members:
+            raise FeatlabError("a joint extraction needs at least one extractor")
+        first = members[0]
+        if any(m.pass_key() != first.pass_key() for m in members[1:]):
+            raise FeatlabError("extractors computed together must share backbone, device, precision, engine, view, "
+                               "face stage and perturbation")
+        spec = first.backbone.spec
+        self.members = members
+        self.recipe = JointRecipe(tuple(m.recipe for m in members)).validate(spec)
+        self.columns = [torch.tensor(self.recipe.columns(m.recipe, spec)) for m in members]
+        self.flips = [m.recipe.flip for m in members]
+        self.backbone, self.torch_device, self.precision = first.backbone, first.torch_device, first.precision
+        self.preprocessing, self.perturbation = first.preprocessing, first.perturbation
+        self.model = first._build(self.recipe)
+
+    def embed_all(self, batch_uint8: torch.Tensor) -> list[np.ndarray]:
+        """uint8 (N, 3, H, W) -> one float32 (N, dim) array per member, in order."""
+        batch = batch_uint8.to(self.torch_device, non_blocking=True)
+        batch = self.preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_context(self.precision, self.torch_device):
+            out = self.model(batch).float()
+            mirrored = self.model(batch.flip(3)).float() if any(self.flips) else None
+        return [((out[:, cols] + mirrored[:, cols]) / 2 if flip else out[:, cols]).cpu().numpy()
+                for cols, flip in zip(self.columns, self.flips)]
 
 
 # ---------------------------------------------------------------------- extraction
@@ -212,7 +267,44 @@ def extract_manifest(
     """
     if batch_size < 1:
         raise FeatlabError("batch_size must be at least 1")
-    cache = EmbeddingCache.create(
+    return _extract(manifest, extractor, [_open_cache(extractor, features_dir)], batch_size, num_workers, shard_size,
+                    progress, data_root, write_index, ray)[0]
+
+
+def extract_together(
+    manifest: pd.DataFrame,
+    extractors: list[Extractor],
+    features_dir: str | os.PathLike,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    shard_size: int = 512,
+    progress: bool = True,
+    data_root: str = "",
+    write_index: bool = True,
+) -> list[ExtractionResult]:
+    """:func:`extract_manifest` for several extractors, sharing the work: those with the same
+    :meth:`Extractor.pass_key` (one backbone, one view: recipes that differ in stages, pooling or flip) run as one
+    :class:`JointExtractor`, so each image is decoded and sent through the network once for all of them. Each
+    extractor fills its own cache, with the numbers it computes alone. Returns one result per extractor, in order;
+    the ``seconds`` of extractors that ran together are their shared pass's."""
+    if batch_size < 1:
+        raise FeatlabError("batch_size must be at least 1")
+    groups: dict[tuple, list[int]] = {}
+    for position, extractor in enumerate(extractors):
+        groups.setdefault(extractor.pass_key(), []).append(position)
+    results: list[ExtractionResult | None] = [None] * len(extractors)
+    for positions in groups.values():
+        members = [extractors[i] for i in positions]
+        joint = members[0] if len(members) == 1 else JointExtractor(members)
+        caches = [_open_cache(m, features_dir) for m in members]
+        for position, result in zip(positions, _extract(manifest, joint, caches, batch_size, num_workers, shard_size,
+                                                        progress, data_root, write_index)):
+            results[position] = result
+    return results
+
+
+def _open_cache(extractor: Extractor, features_dir) -> EmbeddingCache:
+    return EmbeddingCache.create(
         features_dir,
         extractor.backbone.name,
         extractor.config,
@@ -226,27 +318,33 @@ def extract_manifest(
             "featlab": __version__,
         },
     )
-    return _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
-                    ray)
 
 
-def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, progress, data_root, write_index,
-             ray=None):
+def _extract(manifest, extractor, caches, batch_size, num_workers, shard_size, progress, data_root, write_index,
+             ray=None) -> list[ExtractionResult]:
+    """Fill ``caches`` (one per output of ``extractor.embed_all``) for the images of ``manifest`` that any of them
+    lacks; an image is computed once for all of them and stored where it is missing."""
     manifest = manifest.copy()
-    with cache.writer_lock():
-        cache.clean_orphans()  # safe under the lock: writers hold it while they write a shard
-    cache.refresh()  # another process may have added shards since this cache was opened
-    known_bad = cache.failures()
+    known_bad: dict[str, str] = {}
+    for cache in caches:
+        with cache.writer_lock():
+            cache.clean_orphans()  # safe under the lock: writers hold it while they write a shard
+        cache.refresh()  # another process may have added shards since this cache was opened
+        known_bad.update(cache.failures())
     todo = manifest[(manifest.status == "ok") & ~manifest.sha256.isin(known_bad)]
-    todo = todo[np.array([h not in cache for h in todo.sha256], dtype=bool)].drop_duplicates("sha256")
+    todo = todo[np.array([any(h not in cache for cache in caches) for h in todo.sha256], dtype=bool)]
+    todo = todo.drop_duplicates("sha256")
     paths, hashes = list(todo.path), list(todo.sha256)
+    missing = [sum(h not in cache for h in hashes) for cache in caches]
 
     started = time.perf_counter()
     failed_now = 0
     if paths and ray is not None:
         from featlab.features.distributed import compute_with_ray
 
-        failed_now = compute_with_ray(paths, hashes, extractor, cache, shard_size, ray, batch_size, progress,
+        if len(caches) != 1:
+            raise FeatlabError("extractors run together are computed locally, not on Ray Data")
+        failed_now = compute_with_ray(paths, hashes, extractor, caches[0], shard_size, ray, batch_size, progress,
                                       build=extractor_from_config)
     elif paths:
         workers = default_workers(extractor.torch_device) if num_workers is None else num_workers
@@ -261,8 +359,14 @@ def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, pr
         )
         bar = _progress(len(paths), extractor.backbone.name, progress)
         pending_hashes: list[str] = []
-        pending: list[np.ndarray] = []
+        pending: list[list[np.ndarray]] = []  # per batch, one array per cache
         failures: list[dict] = []
+
+        def commit() -> None:
+            for position, cache in enumerate(caches):  # cache.add stores only what the cache lacks
+                cache.add(pending_hashes, np.concatenate([outputs[position] for outputs in pending]))
+                cache.record_failures(failures)
+
         for indices, batch, reasons in loader:
             good = [k for k, r in enumerate(reasons) if not r]
             for k, reason in enumerate(reasons):
@@ -271,39 +375,46 @@ def _extract(manifest, extractor, cache, batch_size, num_workers, shard_size, pr
                     failures.append({"sha256": hashes[i], "path": paths[i], "reason": reason})
                     failed_now += 1
             if good:
-                pending.append(extractor(batch[good]))
+                pending.append(extractor.embed_all(batch[good]))
                 pending_hashes.extend(hashes[int(indices[k])] for k in good)
             if len(pending_hashes) >= shard_size:
-                cache.add(pending_hashes, np.concatenate(pending))
-                cache.record_failures(failures)
+                commit()
                 pending_hashes, pending, failures = [], [], []
             bar.update(len(reasons))
         if pending_hashes:
-            cache.add(pending_hashes, np.concatenate(pending))
-        cache.record_failures(failures)
+            commit()
+        else:
+            for cache in caches:
+                cache.record_failures(failures)
         bar.close()
     seconds = time.perf_counter() - started
 
-    bad = cache.failures()
-    failed = manifest.sha256.isin(bad) & (manifest.status == "ok")
-    manifest.loc[failed, "status"] = "quarantined"
-    manifest.loc[failed, "reason"] = manifest.loc[failed, "sha256"].map(bad)
-    if paths:
-        cache.update_meta(extract_images_per_s=len(paths) / seconds, extract_device=str(extractor.torch_device))
-    if write_index:
-        cache.write_index(manifest)  # the latest dataset (what fit-svm trains on next)
-        if data_root:  # and this dataset's own index, which later extractions of other data never replace
-            cache.write_index(manifest, name=dataset_tag(data_root))
-        cache.update_meta(data_root=data_root, last_run=utc_now())
-    return ExtractionResult(
-        cache=cache,
-        manifest=manifest,
-        computed=len(paths) - failed_now,
-        failed=failed_now,
-        seconds=seconds,
-        device=str(extractor.torch_device),
-        precision=extractor.precision,
-    )
+    results = []
+    for cache, lacking in zip(caches, missing):
+        bad = cache.failures()
+        done = manifest.copy()
+        failed = done.sha256.isin(bad) & (done.status == "ok")
+        done.loc[failed, "status"] = "quarantined"
+        done.loc[failed, "reason"] = done.loc[failed, "sha256"].map(bad)
+        if paths:
+            # a shared pass records its own rate, and with which caches it was shared
+            cache.update_meta(extract_images_per_s=len(paths) / seconds, extract_device=str(extractor.torch_device),
+                              extract_shared_with=[c.folder.name for c in caches if c is not cache])
+        if write_index:
+            cache.write_index(done)  # the latest dataset (what fit-svm trains on next)
+            if data_root:  # and this dataset's own index, which later extractions of other data never replace
+                cache.write_index(done, name=dataset_tag(data_root))
+            cache.update_meta(data_root=data_root, last_run=utc_now())
+        results.append(ExtractionResult(
+            cache=cache,
+            manifest=done,
+            computed=max(0, lacking - failed_now),
+            failed=failed_now,
+            seconds=seconds,
+            device=str(extractor.torch_device),
+            precision=extractor.precision,
+        ))
+    return results
 
 
 def weights_argument(weights_info: dict) -> str:

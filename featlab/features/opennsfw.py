@@ -152,7 +152,7 @@ class OnnxRuntimeEmbedding(nn.Module):
 
         from featlab.features.recipe import POOL_LAYER, FeatureRecipe
 
-        self.recipe = (recipe or FeatureRecipe()).validate(SPEC)
+        self.recipe = (recipe or FeatureRecipe()).validate(SPEC)  # a FeatureRecipe or a JointRecipe
         self.outputs = [ONNX_EMBEDDING if name == POOL_LAYER else f"{SPEC.stages[name][0]}:0"
                         for name in self.recipe.layers]
         graph = onnx.load(str(onnx_file()))
@@ -170,13 +170,13 @@ class OnnxRuntimeEmbedding(nn.Module):
         return self.session.run([output], {ONNX_INPUT: nhwc})[0]
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        from featlab.features.recipe import pool_map
+        from featlab.features.recipe import POOL_LAYER, pool_map
 
         nhwc = batch.float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        maps = self.session.run(self.outputs, {ONNX_INPUT: nhwc})
+        maps = dict(zip(self.recipe.layers, self.session.run(self.outputs, {ONNX_INPUT: nhwc})))
         parts = [
-            torch.from_numpy(m).reshape(len(batch), EMBED_DIM) if output == ONNX_EMBEDDING  # already pooled
-            else pool_map(torch.from_numpy(m), self.recipe.pooling)  # stage maps are NCHW inside the graph
-            for output, m in zip(self.outputs, maps)
+            torch.from_numpy(maps[name]).reshape(len(batch), EMBED_DIM) if name == POOL_LAYER  # already pooled
+            else pool_map(torch.from_numpy(maps[name]), pooling)  # stage maps are NCHW inside the graph
+            for name, pooling in self.recipe.parts
         ]
         return torch.cat(parts, dim=1)

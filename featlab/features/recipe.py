@@ -73,8 +73,12 @@ class FeatureRecipe:
 
     def dim(self, spec: BackboneSpec) -> int:
         """Length of the embedding this recipe gives on ``spec``."""
-        per_channel = 2 if self.pooling in ("avg+std", "cls+avg") else 1
-        return sum(spec.embed_dim if name == POOL_LAYER else spec.stages[name][1] * per_channel for name in self.layers)
+        return sum(part_dim(spec, part) for part in self.parts)
+
+    @property
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        """The embedding's pieces in order: (stage, pooling); the backbone's own pooled output is ``("pool", "")``."""
+        return tuple((name, "" if name == POOL_LAYER else self.pooling) for name in self.layers)
 
     @property
     def is_classic(self) -> bool:
@@ -98,6 +102,51 @@ class FeatureRecipe:
 
 #: The classic embedding: the backbone's own pooled penultimate output on its standard crop.
 CLASSIC = FeatureRecipe()
+
+
+def part_dim(spec: BackboneSpec, part: tuple[str, str]) -> int:
+    """Length of one (stage, pooling) piece of an embedding."""
+    name, pooling = part
+    if name == POOL_LAYER:
+        return spec.embed_dim
+    return spec.stages[name][1] * (2 if pooling in ("avg+std", "cls+avg") else 1)
+
+
+@dataclass(frozen=True)
+class JointRecipe:
+    """Several recipes of one backbone and one view, computed together: one forward pass yields the union of their
+    pooled stages (:attr:`parts`), and :meth:`columns` picks each recipe's embedding out of it.
+
+    Used to extract a set of recipes from one decode of every image (``featlab benchmark``'s recipe comparison);
+    every recipe's embedding is the same as when it is extracted alone.
+    """
+
+    recipes: tuple[FeatureRecipe, ...]
+
+    def validate(self, spec: BackboneSpec) -> JointRecipe:
+        if not self.recipes:
+            raise FeatlabError("a joint recipe needs at least one recipe")
+        if len({r.view for r in self.recipes}) > 1:
+            raise FeatlabError("recipes computed together must share their view")
+        for recipe in self.recipes:
+            recipe.validate(spec)
+        return self
+
+    @property
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        return tuple(dict.fromkeys(part for recipe in self.recipes for part in recipe.parts))
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name, _ in self.parts))
+
+    def columns(self, recipe: FeatureRecipe, spec: BackboneSpec) -> list[int]:
+        """Indices, in the joint output, of ``recipe``'s embedding (in its own order)."""
+        starts, position = {}, 0
+        for part in self.parts:
+            starts[part] = position
+            position += part_dim(spec, part)
+        return [column for part in recipe.parts for column in range(starts[part], starts[part] + part_dim(spec, part))]
 
 
 def default_recipe(spec: BackboneSpec) -> FeatureRecipe:
@@ -173,10 +222,10 @@ class LayerTap(nn.Module):
     ----------
     model : the backbone's embedding model (its output is the ``pool`` layer).
     spec : its registry entry (stage name -> submodule).
-    recipe : which stages and pooling.
+    recipe : which stages and pooling (a :class:`JointRecipe`: the union of several recipes' pieces).
     """
 
-    def __init__(self, model: nn.Module, spec: BackboneSpec, recipe: FeatureRecipe) -> None:
+    def __init__(self, model: nn.Module, spec: BackboneSpec, recipe: FeatureRecipe | JointRecipe) -> None:
         super().__init__()
         recipe.validate(spec)
         self.model = model
@@ -185,7 +234,7 @@ class LayerTap(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         # hooks live only for this call, so a copied LayerTap (copy.deepcopy) taps its own model
-        pooled: dict[str, torch.Tensor] = {}
+        pooled: dict[tuple[str, str], torch.Tensor] = {}
         hooks = [self.model.get_submodule(path).register_forward_hook(self._store(name, pooled))
                  for name, path in self.stage_modules.items()]
         try:
@@ -193,12 +242,15 @@ class LayerTap(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
-        return torch.cat([pooled_output.float() if name == POOL_LAYER else pooled[name] for name in self.recipe.layers],
-                         dim=1)
+        return torch.cat([pooled_output.float() if name == POOL_LAYER else pooled[(name, pooling)]
+                          for name, pooling in self.recipe.parts], dim=1)
 
     def _store(self, name: str, pooled: dict):
+        poolings = [pooling for stage, pooling in self.recipe.parts if stage == name]
+
         def store(_module, _inputs, output):
-            pooled[name] = pool_map(output, self.recipe.pooling)
+            for pooling in poolings:
+                pooled[(name, pooling)] = pool_map(output, pooling)
 
         return store
 

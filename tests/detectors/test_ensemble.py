@@ -100,3 +100,38 @@ def test_crafted_ensemble_folders_are_refused_in_one_line(members, synth_root, t
     for folder, message in cases.values():
         with pytest.raises(FeatlabError, match=message):
             featlab.load(folder, work)
+
+
+def test_a_loaded_cnn_remembers_its_scores_by_content_and_perturbation(members, synth_root, monkeypatch):
+    """Scoring a split again (an ensemble scoring its members) reuses the loaded network's scores; a perturbed image,
+    an edited file and a model seeing another face stage are scored afresh."""
+    from featlab.data.faces import FaceStage
+    from featlab.data.perturb import Perturbation
+    from featlab.detectors import cnn as cnn_module
+
+    scored_paths = []
+    original = cnn_module.score_images
+
+    def counting(model, prep, paths, *args, **kwargs):
+        scored_paths.extend(paths)
+        return original(model, prep, paths, *args, **kwargs)
+
+    monkeypatch.setattr(cnn_module, "score_images", counting)
+    cnn = featlab.load("cnn", members)
+    manifest = scan_dataset(synth_root, check_images=False)
+    test = manifest[manifest.split == "test"]
+    first = cnn.score_paths(test)
+    assert len(scored_paths) == len(test)
+    again = cnn.score_paths(test)
+    np.testing.assert_array_equal(again.scores, first.scores)
+    assert len(scored_paths) == len(test) and again.seconds == pytest.approx(first.seconds, rel=0.5)
+    cnn.score_paths(test, perturbation=Perturbation(jpeg=50))
+    assert len(scored_paths) == 2 * len(test)
+    edited = test.copy()
+    edited.loc[edited.index[0], "sha256"] = "0" * 64  # other content under the same path
+    cnn.score_paths(edited)
+    assert len(scored_paths) == 2 * len(test) + 1
+    cnn.with_faces(FaceStage(size=32)).score_paths(test)
+    assert len(scored_paths) == 3 * len(test) + 1
+    fresh = featlab.load("cnn", members)  # the memory belongs to one loaded model
+    np.testing.assert_array_equal(fresh.score_paths(test).scores, first.scores)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from featlab.core.errors import FeatlabError
 from featlab.data.dataset import scan_dataset
 from featlab.features.backbones import load_backbone
 from featlab.features.cache import EmbeddingCache
@@ -132,3 +133,68 @@ def test_cache_ignores_uncommitted_shard(tmp_path):
         reopened.clean_orphans()
     assert not (cache.folder / "shards" / "orphan.npy").exists()
     np.testing.assert_array_equal(reopened.get(["b", "a"]), np.ones((2, 3)))
+
+
+def _decode_counter(monkeypatch) -> list[int]:
+    from featlab.features import runtime
+
+    calls = [0]
+    original = runtime.ImageTensors.__getitem__
+
+    def counted(self, i):
+        calls[0] += 1
+        return original(self, i)
+
+    monkeypatch.setattr(runtime.ImageTensors, "__getitem__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("backbone_name, weights, root_kind", [
+    ("resnet18", "none", "synthetic"),             # the torch engine (LayerTap)
+    ("resnet50-opennsfw", "default", "real"),      # open_nsfw's shipped graph on onnxruntime
+])
+def test_recipes_extracted_together_equal_each_alone(backbone_name, weights, root_kind, synth_root, tmp_path,
+                                                     monkeypatch):
+    """One decode and one pass per view for all recipes of a backbone, and every cache holds the numbers (and has
+    the key) of its recipe extracted alone."""
+    from featlab.features.extract import JointExtractor, extract_together
+    from featlab.features.recipe import FeatureRecipe
+    from tests.conftest import REAL_SAMPLE
+
+    root = synth_root
+    if root_kind == "real":
+        root = tmp_path / "real"
+        for split in ("train", "test"):
+            for label in ("real", "fake"):
+                (root / split / label).mkdir(parents=True)
+                for path in sorted((REAL_SAMPLE / split / label).glob("*.jpg"))[:3]:
+                    shutil.copy(path, root / split / label / path.name)
+    manifest = scan_dataset(root, check_images=False)
+    backbone = load_backbone(backbone_name, weights=weights)
+    recipes = [
+        FeatureRecipe(),                                                             # classic pooled output, crop
+        FeatureRecipe(("layer2", "layer3"), "avg+std", "crop"),
+        FeatureRecipe(("layer3", "layer2"), "gem", "crop", flip=True),               # other order, mirror averaged
+        FeatureRecipe(("layer2", "layer3"), "avg+std", "native"),                    # another view: its own pass
+    ]
+    alone = [extract_manifest(manifest, Extractor(backbone, recipe=r, precision="fp32"), tmp_path / "alone",
+                              progress=False, num_workers=0) for r in recipes]
+    extract_manifest(manifest, Extractor(backbone, recipe=recipes[1], precision="fp32"), tmp_path / "together",
+                     progress=False, num_workers=0)  # one cache already full: the others are still computed
+    decodes = _decode_counter(monkeypatch)
+    together = extract_together(manifest, [Extractor(backbone, recipe=r, precision="fp32") for r in recipes],
+                                tmp_path / "together", progress=False, num_workers=0)
+    assert decodes[0] == 2 * len(manifest)  # two views, each image decoded once per view
+    for position, (one, joint) in enumerate(zip(alone, together)):
+        assert joint.cache.folder.name == one.cache.folder.name
+        assert joint.computed == (0 if position == 1 else len(manifest))
+        X_one, y_one, index_one = one.cache.load_split("train")
+        X_joint, y_joint, index_joint = joint.cache.load_split("train")
+        assert list(index_one.path) == list(index_joint.path) and (y_one == y_joint).all()
+        np.testing.assert_allclose(X_joint, X_one, rtol=1e-5, atol=1e-5)
+    assert len(together[0].cache.meta["extract_shared_with"]) == 2 and not together[3].cache.meta["extract_shared_with"]
+    again = extract_together(manifest, [Extractor(backbone, recipe=r, precision="fp32") for r in recipes],
+                             tmp_path / "together", progress=False, num_workers=0)
+    assert [r.computed for r in again] == [0, 0, 0, 0] and decodes[0] == 2 * len(manifest)
+    with pytest.raises(FeatlabError, match="must share"):
+        JointExtractor([Extractor(backbone, recipe=recipes[0]), Extractor(backbone, recipe=recipes[3])])
