@@ -154,14 +154,17 @@ class FeatureDetector(Detector):
             if not trained_on:
                 raise FeatlabError("this model records no training data; pass --data to evaluate it")
             data_root = trained_on
-        elif own:
-            if trained_on and (cache.folder / "indexes" / f"{dataset_tag(trained_on)}.csv").is_file():
-                X, y, index = cache.load_split(split, index_name=dataset_tag(trained_on))
-                return X, y, index, trained_on, True, cache
-            if cache.meta.get("data_root", "") == trained_on or not trained_on:
-                X, y, index = cache.load_split(split)
-                return X, y, index, trained_on, True, cache
-            data_root = trained_on  # the latest extraction was of other data: re-read the training set (cached)
+        known = None  # the training data's index rows already in the cache, other splits kept when one is added
+        if own and cache is not None:
+            tagged = bool(trained_on) and (cache.folder / "indexes" / f"{dataset_tag(trained_on)}.csv").is_file()
+            if tagged or cache.meta.get("data_root", "") == trained_on or not trained_on:
+                index_name = dataset_tag(trained_on) if tagged else None
+                known = cache.index(index_name)
+                if split in set(known.split) or not trained_on:
+                    X, y, index = cache.load_split(split, index_name=index_name)
+                    return X, y, index, trained_on, True, cache
+                # extracted for model selection only (featlab benchmark's candidates): the split is extracted now
+            data_root = trained_on  # or the latest extraction was of other data: re-read the training set (cached)
         root = Path(data_root)
         manifest = scan_dataset(root, check_images=False, one_class_ok=True)
         split = evaluation_split(manifest, split, root)
@@ -169,7 +172,10 @@ class FeatureDetector(Detector):
                        self.workspace.features, self._device_name, ray=ray, extractors=self.extractors())
         check_features(self.meta, result.cache)
         tag = dataset_tag(root)
-        result.cache.write_index(result.manifest, name=tag)
+        rows = result.manifest
+        if known is not None and result.cache.folder == cache.folder:
+            rows = pd.concat([known[known.split != split], rows], ignore_index=True)
+        result.cache.write_index(rows, name=tag)
         X, y, index = result.cache.load_split(split, index_name=tag)
         return X, y, index, str(root.resolve()), own, result.cache
 

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (cnn_140k / "meta.json").is_file() or '"finished": true' not in (cnn_140k / "meta.json").read_text():
             shutil.rmtree(cnn_140k, ignore_errors=True)
             run(featlab, "train-cnn", "--arch", "resnet50-opennsfw", "--data", str(views["140k"]), "--epochs",
-                args.matrix_epochs, "--out", str(cnn_140k), "--workdir", ws, "--no-progress")
+                args.matrix_epochs, "--precision", "auto", "--out", str(cnn_140k), "--workdir", ws, "--no-progress")
         run(featlab, "evaluate", "svm-140k", "svm-ciplab", "cnn-140k", "--data", str(views["140k"]), "--data",
             str(views["ciplab"]), "--workdir", ws, "--out", str(report / "matrix"))
     # Robustness of the benchmark's default SVM and fine-tuned CNN on the combined test split.

@@ -105,3 +105,32 @@ def test_pretrained_recipe_learns_on_real_faces(tmp_path):
     assert history["train_loss"][-1] < history["train_loss"][0] - 0.02, history["train_loss"]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["finished"] is True and meta["preprocessing"]["resize_mode"] == "none"
+
+
+def test_depthwise_convolutions_train_in_float32_under_cpu_autocast():
+    from featlab.detectors.cnn import fp32_depthwise_training
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),  # depthwise
+                                torch.nn.Conv2d(8, 4, 1), torch.nn.ReLU())
+    reference = [m.__class__ for m in model]
+    keys, x = list(model.state_dict()), torch.randn(2, 8, 12, 12)
+    before = model(x).detach()
+    assert fp32_depthwise_training(model) == 1 and fp32_depthwise_training(model) == 0  # once, only the depthwise
+    assert model[0].__class__ is not reference[0] and isinstance(model[0], torch.nn.Conv2d)
+    assert model[1].__class__ is reference[1] and list(model.state_dict()) == keys
+    assert torch.equal(model(x), before)  # outside autocast: unchanged
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model[0](x).dtype == torch.float32  # training: the depthwise conv (and its backward) in float32
+        model[0].weight.requires_grad_(False)
+        assert model[0](x).dtype == torch.bfloat16  # frozen, nothing to back-propagate: the bfloat16 forward
+        model[0].weight.requires_grad_(True)
+        model.eval()
+        assert model[0](x).dtype == torch.bfloat16  # evaluation: the bfloat16 forward
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).sum().backward()
+    grad = model[0].weight.grad.clone()
+    model.zero_grad()
+    model(x).sum().backward()  # float32 reference
+    assert torch.allclose(grad, model[0].weight.grad, rtol=0.05, atol=0.05 * float(grad.abs().max()))

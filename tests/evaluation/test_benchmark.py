@@ -43,6 +43,27 @@ def test_benchmark_on_the_shipped_sample_then_reuses_everything(tmp_path):
     assert (out / "comparison.html").is_file() and list((out / "plots").glob("*-roc.png"))
     assert "computed in" in first.output
 
+    # The candidate is compared on valid: no test image was read for it; the default read the test split alone.
+    import featlab as fl
+    from featlab.evaluation.evaluate import evaluate_model
+    from featlab.features.cache import EmbeddingCache, dataset_tag
+
+    workspace = fl.Workspace.resolve(work)
+    candidate, default = summary["recipes"]
+    caches = {c.meta["config"]["recipe"]["layers"][0]: c for c in map(EmbeddingCache, (work / "features").glob("*"))
+              if (c.folder / "meta.json").is_file()}
+    candidate_cache = caches["pool"]
+    assert set(candidate_cache.index().split) == {"train", "valid"}
+    default_cache = next(c for name, c in caches.items() if name != "pool")
+    assert set(default_cache.index().split) == {"train", "valid", "test"}
+    assert default_cache.meta["extract_shared_with"] == []  # its recorded rate is its own
+    assert default["extract_images_per_s"] == default_cache.meta["extract_images_per_s"]
+    # Evaluating the candidate on test later extracts that split and keeps the rest of its index.
+    report, _ = evaluate_model(fl.load(candidate["model"], workspace), workspace, split="test", plots=False)
+    assert report["data"]["n_images"] == summary["data"]["counts"]["test"]["real"] + \
+        summary["data"]["counts"]["test"]["fake"]
+    assert set(candidate_cache.index(dataset_tag(REAL_SAMPLE)).split) == {"train", "valid", "test"}
+
     again = invoke(*args)
     assert "160 computed" not in again.output and ": 0 computed" in again.output
     assert again.output.count("reusing the finished model") == 2 and "train-cnn custom: reused" in again.output
