@@ -284,15 +284,18 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(tmp_path):
     work = tmp_path / "w"
     args = [sys.executable, "-m", "featlab", "extract", "--data", str(data), "--workdir", str(work),
             "--backbone", "resnet50-opennsfw", "--engine", "torch", "--precision", "fp32", "--batch-size", "4",
-            "--flip", "--no-progress"]
+            "--flip", "--shard-size", "8", "--no-progress"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(work.glob("features/*/meta.json")):
-        time.sleep(0.1)
-    time.sleep(1.5)  # a few batches in, far from the end (400 images)
+    # Interrupt right after the first committed shard: mid-run by construction (8 of 400 images), not by a sleep
+    # that a fast machine outruns.
+    while time.time() < deadline and not list(work.glob("features/*/shards/*.keys")) and process.poll() is None:
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
+    kept = sum(1 for keys in work.glob("features/*/shards/*.keys") for _ in keys.open())
+    assert 8 <= kept < 400  # what was committed before the interrupt stays
     assert "Traceback" not in stderr and "featlab: interrupted" in stderr and "resume" in stderr
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
