@@ -285,7 +285,10 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(tmp_path):
     args = [sys.executable, "-m", "featlab", "extract", "--data", str(data), "--workdir", str(work),
             "--backbone", "resnet50-opennsfw", "--engine", "torch", "--precision", "fp32", "--batch-size", "4",
             "--flip", "--shard-size", "8", "--no-progress"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: the child must not inherit an ignored SIGINT from the test runner (a
+    # process that starts with SIGINT ignored keeps ignoring it, and Python then installs no KeyboardInterrupt).
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     # Interrupt right after the first committed shard: mid-run by construction (8 of 400 images), not by a sleep
     # that a fast machine outruns.
