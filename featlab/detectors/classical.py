@@ -31,6 +31,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from featlab.core.checks import parse_grid, parse_pca  # noqa: F401 - re-exported (part of this module's API)
 from featlab.core.errors import FeatlabError
+from featlab.detectors.experts import SourceExperts
 
 SOLVERS = ("svc", "linear", "nystroem")
 # Threshold-dependent on purpose: ROC-AUC alone can prefer a tiny C whose ranking is good
@@ -63,6 +64,7 @@ def build_pipeline(
     solver: str = "svc",
     nystroem_components: int = 1000,
     seed: int = 0,
+    experts: bool = False,
 ) -> Pipeline:
     """StandardScaler -> PCA (or passthrough) -> SVM, unfitted.
 
@@ -75,12 +77,19 @@ def build_pipeline(
     probability : add Platt calibration so ``predict_proba`` gives p(fake).
     solver : ``svc``, ``linear`` or ``nystroem`` (see module docstring).
     seed : random_state for PCA, the SVM and Nystroem.
+    experts : the classifier is :class:`~featlab.detectors.experts.SourceExperts` (one calibrated SVC per
+        training source and a gate; its ``fit`` takes ``clf__sources``), which outputs p(fake) itself.
     """
     if solver not in SOLVERS:
         raise FeatlabError(f"solver must be one of {', '.join(SOLVERS)}")
     if kernel not in KERNELS:
         raise FeatlabError(f"kernel must be one of {', '.join(KERNELS)}")
     reducer = "passthrough" if pca is None else PCA(n_components=pca, random_state=seed)
+    if experts:
+        if solver != "svc":
+            raise FeatlabError("source experts are SVC experts: use solver svc")
+        clf = SourceExperts(C=C, gamma=gamma, kernel=kernel, class_weight=class_weight, seed=seed)
+        return Pipeline([("scale", StandardScaler()), ("pca", reducer), ("clf", clf)])
     if solver == "svc":
         svm = SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight, random_state=seed)
     else:
@@ -127,7 +136,7 @@ def is_outlier_detector(pipeline: Pipeline) -> bool:
 
 
 def _has_proba(pipeline: Pipeline) -> bool:
-    return isinstance(pipeline.steps[-1][1], CalibratedClassifierCV)
+    return isinstance(pipeline.steps[-1][1], (CalibratedClassifierCV, SourceExperts))
 
 
 @dataclass
@@ -157,6 +166,7 @@ def fit_svm(
     solver: str = "svc",
     seed: int = 0,
     n_jobs: int = -1,
+    sources: np.ndarray | None = None,
 ) -> FitResult:
     """Select hyper-parameters on valid (or CV), then fit the pipeline on train.
 
@@ -166,6 +176,10 @@ def fit_svm(
     X_valid, y_valid : selection split; without it, stratified 5-fold CV on train.
     C, gamma : candidate values (a grid when more than one); default C=[1], gamma=["scale"].
     n_jobs : joblib workers for the grid search.
+    sources : each training row's source: given, the classifier is one calibrated SVM expert per source mixed
+        by a gate (:class:`~featlab.detectors.experts.SourceExperts`), searched and fitted the same way
+        (``probability`` is then moot: the mixture outputs p(fake)). Valid images need no source: they are
+        scored like any new image, through the gate.
 
     Returns
     -------
@@ -180,7 +194,9 @@ def fit_svm(
     C = C or [1.0]
     gamma = gamma or ["scale"]
     n_kernel = min(1000, len(X_train))
-    base = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, False, solver, n_kernel, seed=seed)
+    experts = sources is not None
+    base = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, False, solver, n_kernel, seed=seed,
+                          experts=experts)
     grid = {"clf__C": C}
     if solver == "nystroem":
         grid["kmap__gamma"] = [None if g == "scale" else g for g in gamma]
@@ -199,25 +215,29 @@ def fit_svm(
             y_all = np.concatenate([y_train, y_valid])
             cv = PredefinedSplit(np.r_[np.full(len(X_train), -1), np.zeros(len(X_valid))])
             selection = "valid split"
+            # only the train fold's sources reach fit; the valid rows are scored through the gate
+            sources_all = np.concatenate([sources, np.full(len(X_valid), "", dtype=object)]) if experts else None
         else:
-            X_all, y_all = X_train, y_train
+            X_all, y_all, sources_all = X_train, y_train, sources
             cv = StratifiedKFold(5, shuffle=True, random_state=seed)
             selection = "5-fold CV on train"
         searcher = GridSearchCV(base, grid, scoring=SELECTION_METRIC, cv=cv, n_jobs=n_jobs, refit=False)
-        searcher.fit(X_all, y_all)
+        # the sources reach SourceExperts.fit through the pipeline, sliced to each fold's rows by the search
+        searcher.fit(X_all, y_all, **({"clf__sources": sources_all} if experts else {}))
         results = pd.DataFrame(searcher.cv_results_)
         search = pd.DataFrame(list(results.params)).assign(score=results.mean_test_score)
         best = searcher.best_params_
         selection_score = float(searcher.best_score_)
     search_seconds = time.perf_counter() - start
 
-    final = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, probability, solver, n_kernel, seed=seed)
-    if probability:  # the SVM sits inside the calibrator
+    final = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, probability and not experts, solver, n_kernel,
+                           seed=seed, experts=experts)
+    if probability and not experts:  # the SVM sits inside the calibrator
         final.set_params(**{k.replace("clf__", "clf__estimator__"): v for k, v in best.items()})
     else:
         final.set_params(**best)
     start = time.perf_counter()
-    final.fit(X_train, y_train)
+    final.fit(X_train, y_train, **({"clf__sources": sources} if experts else {}))
     return FitResult(
         pipeline=final,
         best_params={k: (v if isinstance(v, str) or v is None else float(v)) for k, v in best.items()},

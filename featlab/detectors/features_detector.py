@@ -43,13 +43,19 @@ def without_perturbation(config):
 
 
 def _pipeline_parameters(pipeline) -> int:
-    total = 0
-    for _, step in pipeline.steps:
-        for attr in ("mean_", "scale_", "components_", "support_vectors_", "dual_coef_", "coef_", "intercept_",
-                     "normalization_"):
-            value = getattr(step, attr, None)
-            if isinstance(value, np.ndarray):
-                total += value.size
+    return int(sum(_fitted_values(step) for _, step in pipeline.steps))
+
+
+def _fitted_values(step) -> int:
+    """Numbers a fitted step holds (its arrays; calibrated SVMs and source experts counted through their parts)."""
+    parts = list(getattr(step, "experts_", [])) + ([step.gate_] if hasattr(step, "gate_") else [])
+    parts += [c.estimator for c in getattr(step, "calibrated_classifiers_", [])]
+    total = sum(_fitted_values(part) for part in parts)
+    for attr in ("mean_", "scale_", "components_", "support_vectors_", "dual_coef_", "coef_", "intercept_",
+                 "normalization_"):
+        value = getattr(step, attr, None)
+        if isinstance(value, np.ndarray):
+            total += value.size
     return int(total)
 
 

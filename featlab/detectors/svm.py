@@ -17,6 +17,7 @@ from featlab.core.errors import FeatlabError
 from featlab.core.versions import library_versions, utc_now
 from featlab.detectors.classical import FitResult, fit_svm, pca_summary
 from featlab.detectors.configs import SVMFitConfig
+from featlab.detectors.experts import SourceExperts
 from featlab.detectors.modelfile import check_sealed, refuse_existing_model, save_new_model_folder, verified_artifact
 from featlab.detectors.streaming import BYTES_PER_VALUE, resident_bytes
 from featlab.features.cache import EmbeddingCache, dataset_tag, find_caches
@@ -55,6 +56,9 @@ ALLOWED_NODES = frozenset({
     ("ObjectNode", "sklearn.covariance._elliptic_envelope.EllipticEnvelope"),
     # streaming fit (featlab.detectors.streaming)
     ("ObjectNode", "sklearn.linear_model._stochastic_gradient.SGDClassifier"),
+    # source experts (featlab.detectors.experts): calibrated SVCs and a logistic gate
+    ("ObjectNode", "featlab.detectors.experts.SourceExperts"),
+    ("ObjectNode", "sklearn.linear_model._logistic.LogisticRegression"),
     ("LossNode", "sklearn.linear_model._sgd_fast.Hinge"),
 })
 #: The fully qualified types of :data:`ALLOWED_NODES`: the only names passed to skops as trusted.
@@ -75,9 +79,10 @@ class SVMModel:
 
 
 def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int = 0, device: str = "auto",
-                         progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of one augmented copy of every image of ``index`` (CNNDetection-style random JPEG
-    and/or blur, drawn per image, seeded), extracted once into a cache whose key names the augmentation."""
+                         progress: bool = False, paths: bool = False) -> tuple:
+    """Embeddings and labels of one augmented copy of every image of ``index`` (CNNDetection-style random JPEG
+    and/or blur, drawn per image, seeded), extracted once into a cache whose key names the augmentation;
+    with ``paths``, the images' paths too (the rows that could be read)."""
     from featlab.data.perturb import Perturbation
     from featlab.features.extract import embed
 
@@ -86,7 +91,8 @@ def augmented_embeddings(cache: EmbeddingCache, index, augment: str, seed: int =
     result = embed(manifest, cache.meta["config"], cache.meta.get("weights_info", {}), cache.folder.parent, device,
                    perturbation, progress=progress)
     ok = (result.manifest.status == "ok").to_numpy()
-    return result.cache.get(list(result.manifest.sha256[ok])), result.manifest.label.to_numpy(dtype=np.int64)[ok]
+    out = result.cache.get(list(result.manifest.sha256[ok])), result.manifest.label.to_numpy(dtype=np.int64)[ok]
+    return (*out, list(result.manifest.path[ok])) if paths else out
 
 
 def features_for_fit(features_dir: str | os.PathLike, backbone: str | None = None, names: str | list[str] = "",
@@ -169,17 +175,27 @@ def fit_from_cache(
         if augment:
             raise FeatlabError("--augment is not available with a streaming fit (--stream, or the embeddings "
                                "exceed --max-memory)")
+        if settings.experts == "source":
+            raise FeatlabError("--experts source is not available with a streaming fit (--stream, or the embeddings "
+                               "exceed --max-memory)")
         valid_rows = index[(index.split == "valid") & (index.status == "ok")].reset_index(drop=True)
         result = _fit_streaming(cache, train_rows, valid_rows, dim, max_memory or 2 * 2**30, settings)
+        result.notes.append("one SVM: a streaming fit has no source experts")
         n_clean, n_train_total, n_valid = len(train_rows), len(train_rows), len(valid_rows)
     else:
         X_train, y_train, train_index = cache.load_split("train", index_name)
         X_valid, y_valid = (cache.load_split("valid", index_name)[:2]) if "valid" in splits else (None, None)
         n_clean = len(X_train)
+        sources = image_sources(list(train_index.path), root)
         if augment:
-            X_aug, y_aug = augmented_embeddings(cache, train_index, augment, seed=seed, device=device)
+            X_aug, y_aug, aug_paths = augmented_embeddings(cache, train_index, augment, seed=seed, device=device,
+                                                           paths=True)
             X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-        result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, **settings.fit_options())
+            sources = sources + image_sources(aug_paths, root)
+        sources, experts_note = _expert_choice(settings.experts, sources, y_train)
+        result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, sources=sources,
+                         **settings.fit_options())
+        result.notes.append(experts_note)
         n_train_total, n_valid = len(X_train), int(0 if X_valid is None else len(X_valid))
     result.notes[:0] = trained_on
     config = cache.meta["config"]
@@ -216,6 +232,30 @@ def fit_from_cache(
                           force=force)
     result.meta = meta
     return folder, result
+
+
+def image_sources(paths: list[str], root: str | os.PathLike | None) -> list[str]:
+    """Each image's recorded source (the ``source=<name>`` group of :mod:`featlab.data.groups`; ``""`` where none)."""
+    from featlab.data.groups import find_groups, groups_for
+
+    known = find_groups(root) if root else {}
+    return [next((g.split("=", 1)[1] for g in names if g.startswith("source=")), "")
+            for names in groups_for(paths, known)]
+
+
+def _expert_choice(experts: str, sources: list[str], labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(the sources to fit experts on, or None for one SVM; the note that says which and why)."""
+    from featlab.detectors.experts import expert_sources
+
+    if experts == "none":
+        return None, "one SVM (experts none)"
+    names, why_not = expert_sources(sources, labels)
+    if not names:
+        if experts == "source":
+            raise FeatlabError(f"--experts source: {why_not}")
+        return None, f"one SVM: {why_not}"
+    counts = ", ".join(f"{name} {sum(s == name for s in sources)}" for name in names)
+    return np.asarray(sources, dtype=object), f"one calibrated SVM expert per training source ({counts}), mixed by a gate"
 
 
 def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_memory: int, config: SVMFitConfig):
@@ -303,6 +343,12 @@ def _load_skops(artifact: Path, data: bytes | None = None) -> tuple[Pipeline, st
         raise FeatlabError(f"{artifact} could not be loaded ({type(error).__name__}: {error}); refusing it") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("pipeline"), Pipeline):
         raise FeatlabError(f"{artifact} does not hold a featlab SVM pipeline")
+    final = payload["pipeline"].steps[-1][1]
+    if isinstance(final, SourceExperts):
+        try:
+            final.check_structure()
+        except FeatlabError as error:
+            raise FeatlabError(f"{artifact}: {error}; refusing it") from None
     return payload["pipeline"], payload.get("featlab_meta")
 
 

@@ -19,6 +19,7 @@ from sklearn.svm import SVC, LinearSVC
 from torch import nn
 
 from featlab.core.errors import FeatlabError
+from featlab.detectors.experts import SourceExperts
 
 
 def _buffer(module: nn.Module, name: str, value) -> None:
@@ -30,8 +31,8 @@ class TorchPipeline(nn.Module):
 
     Computes in float64, so it agrees with scikit-learn's ``decision_function`` (or, for a calibrated
     model, ``predict_proba[:, 1]``) to rounding error. Supports SVC with ``rbf`` or ``linear`` kernel,
-    LinearSVC or SGDClassifier, IncrementalPCA, a Nystroem (RBF) map before a linear SVM, and sigmoid calibration
-    with ``ensemble=False``.
+    LinearSVC or SGDClassifier, IncrementalPCA, a Nystroem (RBF) map before a linear SVM, sigmoid calibration
+    with ``ensemble=False``, and source experts (calibrated SVCs mixed by a logistic gate).
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -59,6 +60,39 @@ class TorchPipeline(nn.Module):
             _buffer(self, "kmap_normalization", kmap.normalization_)
             # pairwise_kernels' rbf default: gamma = 1 / n_features
             self.kmap_gamma = float(kmap.gamma if kmap.gamma is not None else 1.0 / kmap.components_.shape[1])
+        self.experts = isinstance(clf, SourceExperts)
+        self.head = _TorchExperts(clf) if self.experts else _TorchClassifier(clf)
+
+    @property
+    def calibrated(self) -> bool:
+        """The score is p(fake) (Platt scaling or source experts), not a decision value."""
+        return self.experts or self.head.calibrated
+
+    def reduce(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, D) -> the classifier's inputs: scaled, PCA-projected, kernel-mapped (float64)."""
+        x = (features.double() - self.scale_mean) / self.scale_std
+        if self.has_pca:
+            x = (x - self.pca_mean) @ self.pca_components.T
+        if self.has_kmap:
+            x = torch.exp(-self.kmap_gamma * torch.cdist(x, self.kmap_components).square()) @ self.kmap_normalization.T
+        return x
+
+    def decision(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, D) -> SVM decision value (N,) (a single SVM's; source experts have none)."""
+        if self.experts:
+            raise FeatlabError("a source-experts model has no single decision value: its score is p(fake)")
+        return self.head.decision(self.reduce(features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings -> the model's score: decision value, or p(fake) for a calibrated or source-experts model."""
+        return self.head(self.reduce(features))
+
+
+class _TorchClassifier(nn.Module):
+    """One fitted SVM (SVC rbf / linear, LinearSVC, SGDClassifier), optionally Platt-calibrated, on reduced inputs."""
+
+    def __init__(self, clf) -> None:
+        super().__init__()
         self.calibrated = isinstance(clf, CalibratedClassifierCV)
         if self.calibrated:
             if len(clf.calibrated_classifiers_) != 1:
@@ -79,24 +113,36 @@ class TorchPipeline(nn.Module):
             raise FeatlabError(f"differentiable copy: unsupported classifier {type(clf).__name__}")
         _buffer(self, "intercept", np.asarray(clf.intercept_).reshape(-1)[:1])
 
-    def decision(self, features: torch.Tensor) -> torch.Tensor:
-        """Embeddings (N, D) -> SVM decision value (N,)."""
-        x = (features.double() - self.scale_mean) / self.scale_std
-        if self.has_pca:
-            x = (x - self.pca_mean) @ self.pca_components.T
-        if self.has_kmap:
-            x = torch.exp(-self.kmap_gamma * torch.cdist(x, self.kmap_components).square()) @ self.kmap_normalization.T
+    def decision(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "rbf":
             kernel = torch.exp(-self.gamma * _squared_distances(x, self.support_vectors))
             return kernel @ self.dual_coef + self.intercept
         return x @ self.coef + self.intercept
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Embeddings -> the model's score: decision value, or p(fake) for a calibrated model."""
-        decision = self.decision(features)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        decision = self.decision(x)
         if self.calibrated:
             return torch.sigmoid(-(self.platt_a * decision + self.platt_b))
         return decision
+
+
+class _TorchExperts(nn.Module):
+    """:class:`~featlab.detectors.experts.SourceExperts`: sum_k softmax(gate)_k * expert_k's p(fake)."""
+
+    def __init__(self, clf: SourceExperts) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(_TorchClassifier(expert) for expert in clf.experts_)
+        gate = clf.gate_
+        coef, intercept = np.asarray(gate.coef_), np.asarray(gate.intercept_)
+        if coef.shape[0] == 1:  # two sources: one logit for the second, the first's is zero
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+        _buffer(self, "gate_coef", coef)
+        _buffer(self, "gate_intercept", intercept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(x @ self.gate_coef.T + self.gate_intercept, dim=1)
+        fake = torch.stack([member(x) for member in self.members], dim=1)
+        return (weights * fake).sum(dim=1)
 
 
 def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

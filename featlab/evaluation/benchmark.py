@@ -55,6 +55,8 @@ class BenchmarkSettings:
     recipes : feature recipes compared on valid for the first backbone (empty: the default only).
     archs : CNN architectures to fine-tune (empty: no CNN); ``arch:N`` trains that arch for N epochs.
     pca, C, gamma : the SVM search (see :func:`featlab.detectors.classical.fit_svm`).
+    experts : the SVM family's source experts (``auto``, ``source`` or ``none``; see
+        :class:`~featlab.detectors.configs.SVMFitConfig`).
     epochs, batch_size, lr, freeze_epochs, precision, image_size : CNN training.
     explain : add a heatmap gallery of that many top hits and errors to each model's report.
     seed : every seed (SVM, PCA, CNN init, data order).
@@ -66,6 +68,7 @@ class BenchmarkSettings:
     pca: int | float | None = _SVM.pca
     C: list[float] = field(default_factory=lambda: list(_SVM.C))
     gamma: list = field(default_factory=lambda: list(_SVM.gamma))
+    experts: str = _SVM.experts
     epochs: int = _CNN.epochs
     batch_size: int = _CNN.batch_size
     lr: float = _CNN.lr
@@ -83,12 +86,13 @@ def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tu
 
     folder = ws.models / name
     wanted = {"cache_key": cache.meta["key"], "pca": settings.pca, "C": settings.C, "gamma": settings.gamma,
-              "seed": settings.seed}
+              "experts": settings.experts, "seed": settings.seed}
     meta_path = folder / "meta.json"
     if meta_path.is_file() and read_json(meta_path).get("benchmark") == wanted:
         return folder, True
     folder, _ = fit_from_cache(cache, ws.models, name=name, seed=settings.seed, n_jobs=settings.jobs,
-                               pca=settings.pca, C=settings.C, gamma=settings.gamma, force=True)
+                               pca=settings.pca, C=settings.C, gamma=settings.gamma, experts=settings.experts,
+                               force=True)
     update_model_meta(folder, benchmark=wanted)
     return folder, False
 
@@ -110,14 +114,13 @@ def _transfer_scores(meta: dict, cache, settings: BenchmarkSettings) -> list[dic
     every other source (with the model's chosen hyper-parameters). Recipes that transfer are preferred,
     since featlab is judged on generators it never saw."""
     from featlab.detectors.classical import build_pipeline, scores
+    from featlab.detectors.svm import image_sources
 
     root = cache.meta.get("data_root", "")
-    known = find_groups(root) if root else {}
     X_train, y_train, train_index = cache.load_split("train")
     X_valid, y_valid, valid_index = cache.load_split("valid")
-    source_of = {split: [next((g for g in names if g.startswith("source=")), "") for names in
-                         groups_for(list(index.path), known)] for split, index in (("train", train_index),
-                                                                                   ("valid", valid_index))}
+    source_of = {split: image_sources(list(index.path), root) for split, index in (("train", train_index),
+                                                                                ("valid", valid_index))}
     sources = sorted({s for s in source_of["train"] if s})
     rows = []
     for train_source in sources:
