@@ -17,7 +17,7 @@ from featlab.core.errors import FeatlabError
 from featlab.core.versions import library_versions, utc_now
 from featlab.detectors.classical import FitResult, fit_svm, pca_summary
 from featlab.detectors.configs import SVMFitConfig
-from featlab.detectors.experts import SourceExperts
+from featlab.detectors.experts import SourceExperts, expert_sources
 from featlab.detectors.modelfile import check_sealed, refuse_existing_model, save_new_model_folder, verified_artifact
 from featlab.detectors.streaming import BYTES_PER_VALUE, resident_bytes
 from featlab.features.cache import EmbeddingCache, dataset_tag, find_caches
@@ -186,13 +186,13 @@ def fit_from_cache(
         X_train, y_train, train_index = cache.load_split("train", index_name)
         X_valid, y_valid = (cache.load_split("valid", index_name)[:2]) if "valid" in splits else (None, None)
         n_clean = len(X_train)
-        sources = image_sources(list(train_index.path), root)
+        paths = list(train_index.path)
         if augment:
             X_aug, y_aug, aug_paths = augmented_embeddings(cache, train_index, augment, seed=seed, device=device,
                                                            paths=True)
             X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-            sources = sources + image_sources(aug_paths, root)
-        sources, experts_note = _expert_choice(settings.experts, sources, y_train)
+            paths += aug_paths
+        sources, experts_note = _expert_choice(settings.experts, paths, root, y_train)
         result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, sources=sources,
                          **settings.fit_options())
         result.notes.append(experts_note)
@@ -243,12 +243,12 @@ def image_sources(paths: list[str], root: str | os.PathLike | None) -> list[str]
             for names in groups_for(paths, known)]
 
 
-def _expert_choice(experts: str, sources: list[str], labels: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """(the sources to fit experts on, or None for one SVM; the note that says which and why)."""
-    from featlab.detectors.experts import expert_sources
-
+def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(the training rows' sources to fit experts on, or None for one SVM; the note that says which and why).
+    The sources are read only when experts are asked for (the default fit reads no provenance)."""
     if experts == "none":
         return None, "one SVM (experts none)"
+    sources = image_sources(paths, root)
     names, why_not = expert_sources(sources, labels)
     if not names:
         if experts == "source":
