@@ -41,10 +41,14 @@ def fit_svm_command(
     seed: int = typer.Option(SVM.seed, "--seed"),
     augment: str = typer.Option(SVM.augment, "--augment", help="Add one augmented copy of every training image: jpeg, blur "
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
-    experts: str = typer.Option(SVM.experts, "--experts", help="none: one SVM. auto: one calibrated SVM per "
-                                "training source (featlab data build's manifest.csv, or groups.csv rows source=NAME), "
-                                "mixed by a learned gate, when there are two or more sources with enough images of "
-                                "each class; one SVM otherwise. source: experts or an error saying why not."),
+    experts: str = typer.Option(SVM.experts, "--experts", help="auto: one calibrated SVM per recorded training "
+                                "source (featlab data build's manifest.csv, or groups.csv rows source=NAME), mixed by "
+                                "a learned gate and blended with a smooth SVM (--smooth-c), when the sources are "
+                                "recorded with enough images of each class; one SVM otherwise. source: experts or an "
+                                "error saying why not. none: one SVM."),
+    smooth_c: float = typer.Option(SVM.smooth_C, "--smooth-c", help="C of the experts' smooth SVM (fitted on every "
+                                   "training image, averaged half and half with the experts; transfers across "
+                                   "sources better than they do). 0: none."),
     jobs: int = typer.Option(-1, "--jobs", help="Parallel grid-search workers (joblib)."),
     max_memory: str = typer.Option("", "--max-memory", help="Memory ceiling for the fit process, e.g. 2GB: when "
                                    "the embeddings would need more, fit out of core (chunks from the cache: "
@@ -69,7 +73,8 @@ def fit_svm_command(
         raise typer.BadParameter("only 'balanced' is supported", param_hint="--class-weight")
     config = SVMFitConfig(pca=parse_pca(pca), kernel=kernel, C=parse_grid(c, "C"),
                           gamma=parse_grid(gamma, "gamma", allow_words=("scale", "auto")), class_weight=class_weight,
-                          probability=probability, solver=solver, augment=augment, experts=experts, seed=seed)
+                          probability=probability, solver=solver, augment=augment, experts=experts, smooth_C=smooth_c,
+                          seed=seed)
     # a typo is refused above, before torch is imported
     from featlab.detectors.features_detector import fit_svm_detector
     from featlab.detectors.streaming import parse_memory

@@ -65,6 +65,7 @@ def build_pipeline(
     nystroem_components: int = 1000,
     seed: int = 0,
     experts: bool = False,
+    smooth_C: float | None = None,
 ) -> Pipeline:
     """StandardScaler -> PCA (or passthrough) -> SVM, unfitted.
 
@@ -79,6 +80,7 @@ def build_pipeline(
     seed : random_state for PCA, the SVM and Nystroem.
     experts : the classifier is :class:`~featlab.detectors.experts.SourceExperts` (one calibrated SVC per
         training source and a gate; its ``fit`` takes ``clf__sources``), which outputs p(fake) itself.
+    smooth_C : with ``experts``, the C of the smooth SVM blended into the experts' mixture (None: none).
     """
     if solver not in SOLVERS:
         raise FeatlabError(f"solver must be one of {', '.join(SOLVERS)}")
@@ -88,7 +90,7 @@ def build_pipeline(
     if experts:
         if solver != "svc":
             raise FeatlabError("source experts are SVC experts: use solver svc")
-        clf = SourceExperts(C=C, gamma=gamma, kernel=kernel, class_weight=class_weight, seed=seed)
+        clf = SourceExperts(C=C, gamma=gamma, kernel=kernel, class_weight=class_weight, smooth_C=smooth_C, seed=seed)
         return Pipeline([("scale", StandardScaler()), ("pca", reducer), ("clf", clf)])
     if solver == "svc":
         svm = SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight, random_state=seed)
@@ -167,6 +169,7 @@ def fit_svm(
     seed: int = 0,
     n_jobs: int = -1,
     sources: np.ndarray | None = None,
+    smooth_C: float | None = None,
 ) -> FitResult:
     """Select hyper-parameters on valid (or CV), then fit the pipeline on train.
 
@@ -180,6 +183,7 @@ def fit_svm(
         by a gate (:class:`~featlab.detectors.experts.SourceExperts`), searched and fitted the same way
         (``probability`` is then moot: the mixture outputs p(fake)). Valid images need no source: they are
         scored like any new image, through the gate.
+    smooth_C : with ``sources``, the C of the smooth SVM blended into the experts (fixed, not searched).
 
     Returns
     -------
@@ -196,7 +200,7 @@ def fit_svm(
     n_kernel = min(1000, len(X_train))
     experts = sources is not None
     base = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, False, solver, n_kernel, seed=seed,
-                          experts=experts)
+                          experts=experts, smooth_C=smooth_C)
     grid = {"clf__C": C}
     if solver == "nystroem":
         grid["kmap__gamma"] = [None if g == "scale" else g for g in gamma]
@@ -231,7 +235,7 @@ def fit_svm(
     search_seconds = time.perf_counter() - start
 
     final = build_pipeline(pca, kernel, C[0], gamma[0], class_weight, probability and not experts, solver, n_kernel,
-                           seed=seed, experts=experts)
+                           seed=seed, experts=experts, smooth_C=smooth_C)
     if probability and not experts:  # the SVM sits inside the calibrator
         final.set_params(**{k.replace("clf__", "clf__estimator__"): v for k, v in best.items()})
     else:
@@ -248,6 +252,23 @@ def fit_svm(
         search_seconds=search_seconds,
         notes=[pca_note] if pca_note else [],
     )
+
+
+def fit_like(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, sources: np.ndarray | list | None = None) -> Pipeline:
+    """An unfitted copy of ``pipeline`` (the same steps and chosen parameters) fitted on ``(X, y)``: how the same
+    model kind does when trained on other data (e.g. one source only). PCA is capped at what ``X`` allows; a
+    source-experts classifier gets ``sources`` (one source: one expert, plus its smooth SVM)."""
+    from sklearn.base import clone
+
+    copy = clone(pipeline)
+    pca = copy.named_steps.get("pca")
+    if isinstance(pca, PCA) and isinstance(pca.n_components, int):
+        pca.set_params(n_components=min(pca.n_components, len(X) - 1, X.shape[1]))
+    if isinstance(copy.steps[-1][1], SourceExperts):
+        if sources is None:
+            raise FeatlabError("a source-experts model is refitted with each training row's source")
+        return copy.fit(X, y, clf__sources=np.asarray(sources, dtype=object))
+    return copy.fit(X, y)
 
 
 def pca_summary(pipeline: Pipeline) -> dict:

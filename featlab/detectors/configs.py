@@ -61,11 +61,13 @@ class SVMFitConfig:
     solver : ``svc`` (exact kernel SVM), ``linear`` (LinearSVC) or ``nystroem`` (RBF approximation + LinearSVC).
     augment : ``""``, ``jpeg``, ``blur`` or ``jpeg,blur``: one augmented copy of every training image.
     nystroem_components : kernel-map size of a streaming (out-of-core) fit.
-    experts : ``none`` (one SVM, the default), ``auto`` (one SVM expert per training source mixed by a learned
-        gate, :class:`~featlab.detectors.experts.SourceExperts`, when the training images come from two or more
-        recorded sources with enough images of each class; one SVM otherwise) or ``source`` (experts, or an error
-        saying why not). Not the default: on the combined build it gains +0.056 valid ROC-AUC in source, but the
-        C it selects (10) transfers worse across sources, and the selection rule scores it level with one SVM.
+    experts : ``auto`` (the default: one calibrated SVM expert per recorded training source, mixed by a learned
+        gate, and blended with a smooth SVM, :class:`~featlab.detectors.experts.SourceExperts`, when the training
+        images' sources are recorded with enough images of each class; one SVM otherwise), ``source`` (experts,
+        or an error saying why not) or ``none`` (one SVM).
+    smooth_C : C of the experts' smooth SVM (fitted on every training image, p(fake) averaged half and half with
+        the experts' mixture); a small C gives a boundary close to the difference of the two classes' kernel means,
+        which transfers across sources better than the sharp experts (``None`` or 0: no smooth SVM).
     seed : every random choice of the fit.
     """
 
@@ -78,7 +80,8 @@ class SVMFitConfig:
     solver: str = "svc"
     augment: str = ""
     nystroem_components: int = 1000
-    experts: str = "none"
+    experts: str = "auto"
+    smooth_C: float | None = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,14 +97,19 @@ class SVMFitConfig:
              f"augment: unknown {', '.join(unknown)}; choose from {', '.join(AUGMENTS)}"),
             (self.nystroem_components >= 1, f"nystroem_components must be at least 1, got {self.nystroem_components}"),
             (self.experts in SVM_EXPERTS, f"experts must be one of {', '.join(SVM_EXPERTS)}, got {self.experts!r}"),
+            (self.smooth_C is None or (isinstance(self.smooth_C, (int, float)) and not isinstance(self.smooth_C, bool)
+                                       and self.smooth_C >= 0),
+             f"smooth_C must be a number >= 0 (0: no smooth SVM) or None, got {self.smooth_C!r}"),
         ])
+        self.smooth_C = float(self.smooth_C) if self.smooth_C else None
         self.C = _positive_numbers(self.C, "C")
         self.gamma = _positive_numbers(self.gamma, "gamma", ("scale", "auto"))
 
     def fit_options(self) -> dict:
         """The keyword arguments of :func:`featlab.detectors.classical.fit_svm`."""
         return {"pca": self.pca, "kernel": self.kernel, "C": list(self.C), "gamma": list(self.gamma),
-                "class_weight": self.class_weight, "probability": self.probability, "solver": self.solver}
+                "class_weight": self.class_weight, "probability": self.probability, "solver": self.solver,
+                "smooth_C": self.smooth_C}
 
     def recorded(self) -> dict:
         """What the model folder records as its options (JSON: lists, not tuples)."""

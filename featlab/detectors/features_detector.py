@@ -48,7 +48,8 @@ def _pipeline_parameters(pipeline) -> int:
 
 def _fitted_values(step) -> int:
     """Numbers a fitted step holds (its arrays; calibrated SVMs and source experts counted through their parts)."""
-    parts = list(getattr(step, "experts_", [])) + ([step.gate_] if hasattr(step, "gate_") else [])
+    parts = list(getattr(step, "experts_", [])) + [getattr(step, a) for a in ("gate_", "smooth_")
+                                                     if getattr(step, a, None) is not None]
     parts += [c.estimator for c in getattr(step, "calibrated_classifiers_", [])]
     total = sum(_fitted_values(part) for part in parts)
     for attr in ("mean_", "scale_", "components_", "support_vectors_", "dual_coef_", "coef_", "intercept_",

@@ -192,7 +192,7 @@ def fit_from_cache(
                                                            paths=True)
             X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
             paths += aug_paths
-        sources, experts_note = _expert_choice(settings.experts, paths, root, y_train)
+        sources, experts_note = _expert_choice(settings.experts, paths, root, y_train, settings.smooth_C)
         result = fit_svm(X_train, y_train, X_valid, y_valid, seed=seed, n_jobs=n_jobs, sources=sources,
                          **settings.fit_options())
         result.notes.append(experts_note)
@@ -243,19 +243,26 @@ def image_sources(paths: list[str], root: str | os.PathLike | None) -> list[str]
             for names in groups_for(paths, known)]
 
 
-def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray, smooth_C: float | None = None
+                   ) -> tuple[np.ndarray | None, str]:
     """(the training rows' sources to fit experts on, or None for one SVM; the note that says which and why).
-    The sources are read only when experts are asked for (the default fit reads no provenance)."""
+    The sources are read only when experts are asked for. With a smooth SVM one recorded source is enough (one
+    expert blended with it); without, the gate needs two."""
     if experts == "none":
         return None, "one SVM (experts none)"
     sources = image_sources(paths, root)
-    names, why_not = expert_sources(sources, labels)
+    names, why_not = expert_sources(sources, labels, min_sources=1 if smooth_C else 2)
     if not names:
         if experts == "source":
             raise FeatlabError(f"--experts source: {why_not}")
         return None, f"one SVM: {why_not}"
     counts = ", ".join(f"{name} {sum(s == name for s in sources)}" for name in names)
-    return np.asarray(sources, dtype=object), f"one calibrated SVM expert per training source ({counts}), mixed by a gate"
+    what = (f"one calibrated SVM expert per training source ({counts})" if len(names) > 1
+            else f"one calibrated SVM expert for the one training source ({counts})")
+    what += ", mixed by a gate" if len(names) > 1 else ""
+    if smooth_C:
+        what += f", blended half and half with a smooth SVM (C {smooth_C:g}) fitted on every training image"
+    return np.asarray(sources, dtype=object), what
 
 
 def _fit_streaming(cache: EmbeddingCache, train_rows, valid_rows, dim: int, max_memory: int, config: SVMFitConfig):

@@ -127,22 +127,32 @@ class _TorchClassifier(nn.Module):
 
 
 class _TorchExperts(nn.Module):
-    """:class:`~featlab.detectors.experts.SourceExperts`: sum_k softmax(gate)_k * expert_k's p(fake)."""
+    """:class:`~featlab.detectors.experts.SourceExperts`: sum_k softmax(gate)_k * expert_k's p(fake), blended with
+    the smooth SVM's p(fake) when the model has one."""
 
     def __init__(self, clf: SourceExperts) -> None:
         super().__init__()
         self.members = nn.ModuleList(_TorchClassifier(expert) for expert in clf.experts_)
         gate = clf.gate_
-        coef, intercept = np.asarray(gate.coef_), np.asarray(gate.intercept_)
-        if coef.shape[0] == 1:  # two sources: one logit for the second, the first's is zero
+        if gate is None:  # one expert: weight 1
+            coef, intercept = np.zeros((1, clf.n_features_in_)), np.zeros(1)
+        else:
+            coef, intercept = np.asarray(gate.coef_), np.asarray(gate.intercept_)
+        if coef.shape[0] == 1 and gate is not None:  # two sources: one logit for the second, the first's is zero
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         _buffer(self, "gate_coef", coef)
         _buffer(self, "gate_intercept", intercept)
+        smooth = getattr(clf, "smooth_", None)
+        self.smooth = _TorchClassifier(smooth) if smooth is not None else None
+        self.smooth_weight = float(clf.smooth_weight) if smooth is not None else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(x @ self.gate_coef.T + self.gate_intercept, dim=1)
         fake = torch.stack([member(x) for member in self.members], dim=1)
-        return (weights * fake).sum(dim=1)
+        mixed = (weights * fake).sum(dim=1)
+        if self.smooth is None:
+            return mixed
+        return (1.0 - self.smooth_weight) * mixed + self.smooth_weight * self.smooth(x)
 
 
 def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

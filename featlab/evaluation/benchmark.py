@@ -109,30 +109,28 @@ def _valid_scores(detector, cache) -> dict:
     return {"metrics": binary_metrics(y, score, threshold), "groups": groups}
 
 
-def _transfer_scores(meta: dict, cache, settings: BenchmarkSettings) -> list[dict]:
-    """Cross-source transfer on valid: fit on the train images of one source, score the valid images of
-    every other source (with the model's chosen hyper-parameters). Recipes that transfer are preferred,
-    since featlab is judged on generators it never saw."""
-    from featlab.detectors.classical import build_pipeline, scores
+def _transfer_scores(detector, cache) -> list[dict]:
+    """Cross-source transfer on valid: the detector's model kind with its chosen hyper-parameters (an unfitted
+    copy, :func:`featlab.detectors.classical.fit_like`), fitted on the train images of one source, scored on the
+    valid images of every other source. Recipes that transfer are preferred, since featlab is judged on
+    generators it never saw."""
+    from featlab.detectors.classical import fit_like, scores
     from featlab.detectors.svm import image_sources
 
     root = cache.meta.get("data_root", "")
     X_train, y_train, train_index = cache.load_split("train")
     X_valid, y_valid, valid_index = cache.load_split("valid")
-    source_of = {split: image_sources(list(index.path), root) for split, index in (("train", train_index),
-                                                                                ("valid", valid_index))}
+    source_of = {split: np.array(image_sources(list(index.path), root), dtype=object)
+                 for split, index in (("train", train_index), ("valid", valid_index))}
     sources = sorted({s for s in source_of["train"] if s})
     rows = []
     for train_source in sources:
-        mask = np.array([s == train_source for s in source_of["train"]])
+        mask = source_of["train"] == train_source
         if len(np.unique(y_train[mask])) < 2:
             continue
-        pca = settings.pca if not isinstance(settings.pca, int) else min(settings.pca, int(mask.sum()),
-                                                                          X_train.shape[1])
-        pipeline = build_pipeline(pca=pca, seed=settings.seed).set_params(**meta["best_params"])
-        pipeline.fit(X_train[mask], y_train[mask])
+        pipeline = fit_like(detector.pipeline, X_train[mask], y_train[mask], source_of["train"][mask])
         for test_source in sources:
-            test = np.array([s == test_source for s in source_of["valid"]])
+            test = source_of["valid"] == test_source
             if len(np.unique(y_valid[test])) < 2:
                 continue
             score, threshold, _ = scores(pipeline, X_valid[test])
@@ -234,7 +232,7 @@ def run_benchmark(
                    "fit_seconds_this_run": fit_seconds, "default": recipe == final}
             if "valid" in set(manifest.split):
                 row["valid"] = _valid_scores(detector, result.cache)
-                row["transfer"] = _transfer_scores(detector.meta, result.cache, settings)
+                row["transfer"] = _transfer_scores(detector, result.cache)
                 echo(f"  valid ROC-AUC {row['valid']['metrics']['roc_auc']:.4f}")
             summary["recipes"].append(row)
             if recipe == final:

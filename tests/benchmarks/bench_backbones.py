@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 BACKBONES = ["resnet50-opennsfw", "efficientnet-lite0", "efficientnet-lite2", "dinov2-vits14"]
 # Variants of a backbone's default recipe, each a candidate of its own: (label, backbone, extract options, fit options).
 VARIANTS = [
+    ("resnet50-opennsfw, one SVM (featlab 0.2's default fit, --experts none)", "resnet50-opennsfw", [],
+     {"experts": "none"}),
     ("resnet50-opennsfw + augmented training copies (jpeg,blur)", "resnet50-opennsfw", [], {"augment": "jpeg,blur"}),
     ("efficientnet-lite0, whole image squeezed (view full)", "efficientnet-lite0", ["--view", "full"], {}),
     ("efficientnet-lite0, stages 2-5 (mean+std)", "efficientnet-lite0",
@@ -142,7 +144,7 @@ def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
     A model fitted with ``augment`` gets the augmented copies of that source's training images too."""
     from featlab.core.metrics import binary_metrics
     from featlab.data.groups import find_groups, groups_for
-    from featlab.detectors.classical import build_pipeline, scores
+    from featlab.detectors.classical import fit_like, scores
 
     meta = detector.meta
     known = find_groups(meta["data_root"])
@@ -151,7 +153,7 @@ def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
 
     def sources(index):
         return np.array([next((g for g in names if g.startswith("source=")), "").removeprefix("source=")
-                         for names in groups_for(list(index.path), known)])
+                         for names in groups_for(list(index.path), known)], dtype=object)
 
     train_source, valid_source = sources(train_index), sources(valid_index)
     frame = pd.DataFrame({"source": valid_source, "label": y_valid, "inside": scores(detector.pipeline, X_valid)[0],
@@ -159,15 +161,17 @@ def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
     aucs = {}
     for a, b in (("140k", "ciplab"), ("ciplab", "140k")):
         mask, test = train_source == a, valid_source == b
-        X_fit, y_fit = X_train[mask], y_train[mask]
+        X_fit, y_fit, fit_sources = X_train[mask], y_train[mask], train_source[mask]
         augment = (meta.get("options") or {}).get("augment")
         if augment:
             from featlab.detectors.svm import augmented_embeddings
 
-            X_aug, y_aug = augmented_embeddings(cache, train_index[mask].reset_index(drop=True), augment, seed=0)
+            X_aug, y_aug, _ = augmented_embeddings(cache, train_index[mask].reset_index(drop=True), augment, seed=0,
+                                                   paths=True)
             X_fit, y_fit = np.concatenate([X_fit, X_aug]), np.concatenate([y_fit, y_aug])
-        pipeline = build_pipeline(pca=min(256, int(mask.sum()) - 1), seed=0).set_params(**meta["best_params"])
-        pipeline.fit(X_fit, y_fit)
+            fit_sources = np.concatenate([fit_sources, np.full(len(X_aug), a, dtype=object)])
+        # the candidate's model kind and chosen parameters, fitted on this source alone
+        pipeline = fit_like(detector.pipeline, X_fit, y_fit, fit_sources)
         score, threshold, _ = scores(pipeline, X_valid[test])
         frame.loc[frame.index[test], "across"] = score
         aucs[f"{a} -> {b}"] = binary_metrics(y_valid[test], score, threshold)["roc_auc"]

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 import featlab
 from data_prep.synth import make_synthetic_dataset
 from featlab.core.errors import FeatlabError
-from featlab.detectors.classical import fit_svm, score_rule
+from featlab.detectors.classical import fit_like, fit_svm, score_rule
 from featlab.detectors.experts import SourceExperts, expert_sources
 from featlab.detectors.svm import _load_skops, dumps_model
 from featlab.detectors.torchcopy import TorchPipeline
@@ -69,6 +69,52 @@ def test_fit_svm_with_sources_searches_the_experts_on_valid_and_copies_to_torch(
         torch_copy.decision(features)
 
 
+def test_the_smooth_svm_is_blended_half_and_half_and_lets_one_source_have_an_expert():
+    X, y, sources = two_sources(150, seed=0)
+    Xt, _, _ = two_sources(50, seed=1)
+    model = SourceExperts(C=10.0, smooth_C=0.1, seed=0).fit(X, y, sources)
+    mixture = (model.gate_proba(Xt) * model.expert_proba(Xt)).sum(1)
+    smooth = model.smooth_.predict_proba(Xt)[:, 1]
+    assert model.smooth_.calibrated_classifiers_[0].estimator.C == 0.1
+    assert np.allclose(model.predict_proba(Xt)[:, 1], 0.5 * mixture + 0.5 * smooth)
+    one = SourceExperts(smooth_C=0.1, smooth_weight=0.25).fit(X[:150], y[:150], sources[:150])  # source a only
+    assert one.sources_ == ["a"] and one.gate_ is None and np.allclose(one.gate_proba(Xt), 1.0)
+    assert np.allclose(one.predict_proba(Xt)[:, 1], 0.75 * one.expert_proba(Xt)[:, 0]
+                       + 0.25 * one.smooth_.predict_proba(Xt)[:, 1])
+    one.check_structure()
+    with pytest.raises(FeatlabError, match="one source"):
+        SourceExperts().fit(X[:150], y[:150], sources[:150])  # no smooth SVM: a gate needs two sources
+    with pytest.raises(FeatlabError, match="smooth_weight"):
+        SourceExperts(smooth_C=0.1, smooth_weight=2.0).fit(X, y, sources)
+
+
+@pytest.mark.parametrize("n_sources", [1, 2])
+def test_the_torch_copy_computes_the_blend_and_fit_like_refits_the_same_kind(n_sources):
+    X, y, sources = two_sources(120, seed=0)
+    Xv, yv, _ = two_sources(40, seed=2)
+    rows = slice(None) if n_sources == 2 else slice(0, 120)
+    pipeline = fit_svm(X[rows], y[rows], Xv, yv, pca=8, C=[1.0, 10.0], sources=sources[rows], smooth_C=0.1,
+                       n_jobs=1).pipeline
+    got = TorchPipeline(pipeline)(torch.as_tensor(Xv, dtype=torch.float64)).numpy()
+    assert np.abs(got - pipeline.predict_proba(Xv)[:, 1]).max() < 1e-6
+    refit = fit_like(pipeline, X[:120], y[:120], sources[:120])  # e.g. the cross-source check: source a alone
+    clf = refit.named_steps["clf"]
+    assert clf.sources_ == ["a"] and clf.C == pipeline.named_steps["clf"].C and clf.smooth_ is not None
+    assert refit is not pipeline and pipeline.named_steps["clf"].sources_ == sorted(set(sources[rows]))
+    with pytest.raises(FeatlabError, match="each training row's source"):
+        fit_like(pipeline, X, y)
+
+
+def test_a_crafted_single_expert_file_without_its_smooth_svm_is_refused(tmp_path):
+    X, y, sources = two_sources(60, seed=0)
+    pipeline = fit_svm(X[:60], y[:60], pca=4, sources=sources[:60], smooth_C=0.1, n_jobs=1).pipeline
+    pipeline.named_steps["clf"].smooth_ = None  # one expert and nothing to blend: not what fit makes
+    artifact = tmp_path / "model.skops"
+    artifact.write_bytes(dumps_model(pipeline, "{}"))
+    with pytest.raises(FeatlabError, match="experts, gate and sources do not match"):
+        _load_skops(artifact)
+
+
 @pytest.mark.parametrize("sources, labels, why", [
     (None, [0, 1], "no recorded source"),
     (["a"] * 60, [0, 1] * 30, "one source (a)"),
@@ -83,6 +129,7 @@ def test_expert_sources_say_why_there_are_no_experts(sources, labels, why):
 def test_expert_sources_of_a_pooled_training_set():
     names, reason = expert_sources(["x"] * 50 + ["w"] * 50, np.array([0, 1] * 50))
     assert names == ["w", "x"] and reason == ""
+    assert expert_sources(["x"] * 50, np.array([0, 1] * 25), min_sources=1) == (["x"], "")
 
 
 def test_a_crafted_experts_file_with_foreign_parts_is_refused(tmp_path):
@@ -111,11 +158,11 @@ def pooled(tmp_path_factory):
 
 def test_fit_svm_fits_source_experts_when_the_training_set_records_its_sources(pooled, tmp_path):
     root, work = pooled
-    printed = cli_ok("fit-svm", "--pca", "8", "--experts", "auto", "--workdir", work, "--name", "experts").output
-    assert "one calibrated SVM expert per training source (left 48, right 48), mixed by a gate" in printed
+    printed = cli_ok("fit-svm", "--pca", "8", "--workdir", work, "--name", "experts").output  # the default
+    assert ("one calibrated SVM expert per training source (left 48, right 48), mixed by a gate, blended half and "
+            "half with a smooth SVM (C 0.1)") in printed
     meta = json.loads((work / "models" / "experts" / "meta.json").read_text())
-    assert meta["options"]["experts"] == "auto" and "experts none" in cli_ok(
-        "fit-svm", "--pca", "8", "--workdir", work, "--name", "default").output  # one SVM unless asked
+    assert meta["options"]["experts"] == "auto" and meta["options"]["smooth_C"] == 0.1
     detector = featlab.load("experts", work)
     assert (detector.threshold, detector.score_kind) == (0.5, "p_fake")
     cli_ok("predict", "experts", root / "test", "--out", tmp_path / "scores.csv", "--workdir", work)
@@ -133,3 +180,4 @@ def test_experts_source_without_recorded_sources_is_one_clear_line(fitted):
     fails_cleanly(run("fit-svm", "--pca", "8", "--experts", "source", "--workdir", fitted, "--name", "nope"),
                   "--experts source: the training images have no recorded source")
     fails_cleanly(run("fit-svm", "--experts", "maybe", "--workdir", fitted), "experts must be one of auto, source, none")
+    fails_cleanly(run("fit-svm", "--smooth-c", "-1", "--workdir", fitted), "smooth_C must be a number >= 0")
