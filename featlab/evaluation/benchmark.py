@@ -55,8 +55,8 @@ class BenchmarkSettings:
     recipes : feature recipes compared on valid for the first backbone (empty: the default only).
     archs : CNN architectures to fine-tune (empty: no CNN); ``arch:N`` trains that arch for N epochs.
     pca, C, gamma : the SVM search (see :func:`featlab.detectors.classical.fit_svm`).
-    experts : the SVM family's source experts (``auto``, ``source`` or ``none``; see
-        :class:`~featlab.detectors.configs.SVMFitConfig`).
+    experts, smooth_C : the SVM family's source experts (``auto``, ``source`` or ``none``) and their smooth
+        SVM's C (see :class:`~featlab.detectors.configs.SVMFitConfig`).
     epochs, batch_size, lr, freeze_epochs, precision, image_size : CNN training.
     explain : add a heatmap gallery of that many top hits and errors to each model's report.
     seed : every seed (SVM, PCA, CNN init, data order).
@@ -69,6 +69,7 @@ class BenchmarkSettings:
     C: list[float] = field(default_factory=lambda: list(_SVM.C))
     gamma: list = field(default_factory=lambda: list(_SVM.gamma))
     experts: str = _SVM.experts
+    smooth_C: float | None = _SVM.smooth_C
     epochs: int = _CNN.epochs
     batch_size: int = _CNN.batch_size
     lr: float = _CNN.lr
@@ -86,15 +87,24 @@ def _svm_fit(cache, ws: Workspace, name: str, settings: BenchmarkSettings) -> tu
 
     folder = ws.models / name
     wanted = {"cache_key": cache.meta["key"], "pca": settings.pca, "C": settings.C, "gamma": settings.gamma,
-              "experts": settings.experts, "seed": settings.seed}
+              "experts": settings.experts, "smooth_C": settings.smooth_C, "seed": settings.seed}
     meta_path = folder / "meta.json"
     if meta_path.is_file() and read_json(meta_path).get("benchmark") == wanted:
         return folder, True
     folder, _ = fit_from_cache(cache, ws.models, name=name, seed=settings.seed, n_jobs=settings.jobs,
                                pca=settings.pca, C=settings.C, gamma=settings.gamma, experts=settings.experts,
-                               force=True)
+                               smooth_C=settings.smooth_C, force=True)
     update_model_meta(folder, benchmark=wanted)
     return folder, False
+
+
+def _classifier_words(settings: dict) -> str:
+    """What the SVM family's classifier is, for the results page."""
+    experts, smooth = settings.get("experts", "none"), settings.get("smooth_C")
+    if experts == "none":
+        return "SVC"
+    words = "SVC experts, one per recorded training source, mixed by a logistic gate (featlab.detectors.experts)"
+    return words + (f", blended half and half with a smooth SVC (C {smooth:g}) on every training image" if smooth else "")
 
 
 def _valid_scores(detector, cache) -> dict:
@@ -358,8 +368,9 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
         lines += [
             "## Feature recipes, compared on the valid split",
             "",
-            "Each row: embeddings of one recipe -> StandardScaler -> PCA -> SVC, C (and gamma) chosen on valid by "
-            "balanced accuracy, fitted on train. Selection figures, not test results. Recipes that share a view are "
+            "Each row: embeddings of one recipe -> StandardScaler -> PCA -> " + _classifier_words(settings)
+            + ", C (and gamma) chosen on valid by balanced accuracy, fitted on train. Selection figures, not test "
+            "results. Recipes that share a view are "
             "extracted in one pass over the train and valid images (one decode and one forward per image for all of "
             "them; the rate shown is that pass's); only the default recipe reads the test split, alone, and its rate "
             "is that run's (the model's inference cost).",
@@ -384,8 +395,9 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
             lines += [
                 "### Do the recipes transfer across sources? (valid split)",
                 "",
-                "SVM fitted on the train images of one source only (the recipe's chosen C and gamma), scored on the "
-                "valid images of the other source: how a recipe may fare on generators it never saw.",
+                "The same model kind fitted on the train images of one source only (the recipe's chosen C and gamma; "
+                "source experts: that source's expert and the smooth SVM), scored on the valid images of the other "
+                "source: how a recipe may fare on generators it never saw.",
                 "",
                 "| recipe | " + " | ".join(f"train {a.removeprefix('source=')} -> valid {b.removeprefix('source=')}"
                                           for a, b in pairs) + " |",
