@@ -145,7 +145,7 @@ class SourceExperts(ClassifierMixin, BaseEstimator):
     def check_structure(self) -> None:
         """Refuse a loaded object whose fitted parts are not what :meth:`fit` makes (a crafted file)."""
         experts, gate, names = (getattr(self, a, None) for a in ("experts_", "gate_", "sources_"))
-        smooth = getattr(self, "smooth_", None)
+        smooth = getattr(self, "smooth_", None)  # None also in files fitted before the smooth SVM existed
 
         def one_svm(part) -> bool:
             return (isinstance(part, CalibratedClassifierCV) and len(getattr(part, "calibrated_classifiers_", [])) == 1
@@ -156,7 +156,7 @@ class SourceExperts(ClassifierMixin, BaseEstimator):
               and (smooth is None or one_svm(smooth)) and (len(experts) >= 2 or smooth is not None)
               and (gate is None if len(experts) == 1 else
                    isinstance(gate, LogisticRegression) and len(getattr(gate, "classes_", [])) == len(experts))
-              and isinstance(self.smooth_weight, (int, float)) and 0.0 <= float(self.smooth_weight) <= 1.0)
+              and isinstance(weight := getattr(self, "smooth_weight", 0.5), (int, float)) and 0.0 <= weight <= 1.0)
         if not ok:
             raise FeatlabError("the source-experts model is not one featlab fits (experts, gate and sources "
                                "do not match)")

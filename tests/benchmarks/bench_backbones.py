@@ -62,7 +62,9 @@ SLOW_VARIANTS = {
     "efficientnet-lite0, whole image squeezed (view full)",
 }
 EARLIER = (
-    "Measured earlier and not rerun by default (`--all-variants` reruns them; together about 9 min on 2 cores):\n\n"
+    "Measured earlier, with featlab 0.2's one-SVM fit (before source experts + a smooth SVM became fit-svm's "
+    "default), and not rerun by default (`--all-variants` reruns them with the current fit; together about 9 min on "
+    "2 cores):\n\n"
     "* dinov2-vits14, last block, class token (UnivFD-style), 384-d: valid 0.748 (0.709-0.786; 140K 0.785, CIPLAB "
     "0.713), 140K -> CIPLAB 0.537, CIPLAB -> 140K 0.549, rule score 0.611; test 0.761 (140K 0.844, CIPLAB 0.664) — "
     "run of 2026-12-02 15:06 UTC, a 2-core AMD EPYC.\n"
@@ -301,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         "# featlab backbones on real faces (make bench-backbones)", "",
         f"Data: the combined build of `../shared/faces` (140K subset + CIPLAB, seed 0; "
         f"{int(rows[0]['valid']['data']['n_images'])} valid images), each backbone's default recipe, StandardScaler -> PCA 256 -> "
-        "SVC (C and gamma chosen on valid). ROC-AUC with its 95 % interval (stratified bootstrap, 1000 resamples, seed "
+        "fit-svm's default classifier (one SVC expert per source mixed by a gate, blended with a smooth SVC of C 0.1; "
+        "C and gamma chosen on valid) unless the row says otherwise; the cross-source columns refit the same model "
+        "kind on one source. ROC-AUC with its 95 % interval (stratified bootstrap, 1000 resamples, seed "
         f"0). {hw['cpu']}, {hw['cores']} cores, no GPU; " + ", ".join(f"{k} {v}" for k, v in library_versions().items())
         + ".", "",
         f"**Selection rule** (stated before the numbers): {RULE}", "",

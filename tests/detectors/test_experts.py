@@ -181,3 +181,18 @@ def test_experts_source_without_recorded_sources_is_one_clear_line(fitted):
                   "--experts source: the training images have no recorded source")
     fails_cleanly(run("fit-svm", "--experts", "maybe", "--workdir", fitted), "experts must be one of auto, source, none")
     fails_cleanly(run("fit-svm", "--smooth-c", "-1", "--workdir", fitted), "smooth_C must be a number >= 0")
+
+
+def test_an_experts_file_from_before_the_smooth_svm_still_loads_and_scores_its_mixture(tmp_path):
+    X, y, sources = two_sources(60, seed=0)
+    pipeline = fit_svm(X, y, pca=4, sources=sources, n_jobs=1).pipeline
+    clf = pipeline.named_steps["clf"]
+    for attribute in ("smooth_", "smooth_C", "smooth_weight"):  # what the earlier SourceExperts did not have
+        delattr(clf, attribute)
+    artifact = tmp_path / "model.skops"
+    artifact.write_bytes(dumps_model(pipeline, "{}"))
+    loaded, _ = _load_skops(artifact)
+    reduced = pipeline[:-1].transform(X)
+    mixture = (clf.gate_proba(reduced) * clf.expert_proba(reduced)).sum(1)
+    assert np.allclose(loaded.predict_proba(X)[:, 1], mixture)
+    assert np.abs(TorchPipeline(loaded)(torch.as_tensor(X, dtype=torch.float64)).numpy() - mixture).max() < 1e-6
