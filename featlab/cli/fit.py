@@ -43,9 +43,10 @@ def fit_svm_command(
                                 "or jpeg,blur (CNNDetection-style random draws, seeded; extracted once, cached)."),
     experts: str = typer.Option(SVM.experts, "--experts", help="auto: one calibrated SVM per recorded training "
                                 "source (featlab data build's manifest.csv, or groups.csv rows source=NAME), mixed by "
-                                "a learned gate and blended with a smooth SVM (--smooth-c), when the sources are "
-                                "recorded with enough images of each class; one SVM otherwise. source: experts or an "
-                                "error saying why not. none: one SVM."),
+                                "a learned gate and blended with a smooth SVM (--smooth-c), when every source has enough "
+                                "images of each class (a training set that records none is one source); one SVM "
+                                "otherwise. source: experts on recorded sources or an error saying why not. none: one "
+                                "SVM."),
     smooth_c: float = typer.Option(SVM.smooth_C, "--smooth-c", help="C of the experts' smooth SVM (fitted on every "
                                    "training image, averaged half and half with the experts; transfers across "
                                    "sources better than they do). 0: none."),

@@ -62,9 +62,9 @@ class SVMFitConfig:
     augment : ``""``, ``jpeg``, ``blur`` or ``jpeg,blur``: one augmented copy of every training image.
     nystroem_components : kernel-map size of a streaming (out-of-core) fit.
     experts : ``auto`` (the default: one calibrated SVM expert per recorded training source, mixed by a learned
-        gate, and blended with a smooth SVM, :class:`~featlab.detectors.experts.SourceExperts`, when the training
-        images' sources are recorded with enough images of each class; one SVM otherwise), ``source`` (experts,
-        or an error saying why not) or ``none`` (one SVM).
+        gate, and blended with a smooth SVM, :class:`~featlab.detectors.experts.SourceExperts`, when every source
+        has enough images of each class; a training set that records no source is one source; one SVM otherwise),
+        ``source`` (experts on recorded sources, or an error saying why not) or ``none`` (one SVM).
     smooth_C : C of the experts' smooth SVM (fitted on every training image, p(fake) averaged half and half with
         the experts' mixture); a small C gives a boundary close to the difference of the two classes' kernel means,
         which transfers across sources better than the sharp experts (``None`` or 0: no smooth SVM).

@@ -243,15 +243,24 @@ def image_sources(paths: list[str], root: str | os.PathLike | None) -> list[str]
             for names in groups_for(paths, known)]
 
 
+#: The source name ``fit-svm --experts auto`` gives a training set that records no sources.
+UNRECORDED_SOURCE = "unrecorded"
+
+
 def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray, smooth_C: float | None = None
                    ) -> tuple[np.ndarray | None, str]:
     """(the training rows' sources to fit experts on, or None for one SVM; the note that says which and why).
-    The sources are read only when experts are asked for. With a smooth SVM one recorded source is enough (one
-    expert blended with it); without, the gate needs two."""
+    The sources are read only when experts are asked for. With a smooth SVM one source is enough (one expert
+    blended with it; ``auto`` treats a training set that records none as one source); without, the gate needs two."""
     if experts == "none":
         return None, "one SVM (experts none)"
     sources = image_sources(paths, root)
+    if experts == "auto" and smooth_C and not any(sources):
+        # nothing recorded: the training set is one source (one expert + the smooth SVM, which transfers better
+        # to data it never saw than one sharp SVM does)
+        sources = [UNRECORDED_SOURCE] * len(paths)
     names, why_not = expert_sources(sources, labels, min_sources=1 if smooth_C else 2)
+    why_not = why_not.replace(f"source {UNRECORDED_SOURCE} has", "the training set (no source recorded) has")
     if not names:
         if experts == "source":
             raise FeatlabError(f"--experts source: {why_not}")

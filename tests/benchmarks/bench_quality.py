@@ -74,9 +74,10 @@ TRIED = """What was tried, measured on the valid split only (the test split was 
   the same across sources (table above; with one SVM it added 0.02 and transferred worse), so by the selection
   rule's score it gains about 0.003, well within the noise, for twice the extraction cost; it stays available as
   `--flip`.
-* Trained on one source alone (cross-dataset matrix below) the SVM reaches about 0.95 and the CNN about 0.92 test
-  ROC-AUC on 140K, but both fall to chance on CIPLAB (0.48-0.51): nothing learned from StyleGAN faces transfers to
-  photoshopped ones, and the reverse (0.58).
+* Trained on one source alone (cross-dataset matrix below; such a folder records no source, so the default fit is
+  one expert + the smooth SVM) the SVM reaches 0.92 and the CNN 0.92 test ROC-AUC on 140K, but both are near chance
+  on CIPLAB (0.55 and 0.51; one sharp SVM: 0.95 on 140K, 0.48 on CIPLAB): little learned from StyleGAN faces
+  transfers to photoshopped ones, and the reverse (0.63; one SVM 0.58).
 """
 
 

@@ -196,3 +196,16 @@ def test_an_experts_file_from_before_the_smooth_svm_still_loads_and_scores_its_m
     mixture = (clf.gate_proba(reduced) * clf.expert_proba(reduced)).sum(1)
     assert np.allclose(loaded.predict_proba(X)[:, 1], mixture)
     assert np.abs(TorchPipeline(loaded)(torch.as_tensor(X, dtype=torch.float64)).numpy() - mixture).max() < 1e-6
+
+
+def test_a_training_set_without_recorded_sources_is_one_source_with_its_smooth_svm(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", {"train": 20, "valid": 6, "test": 4}, size=32, seed=5)
+    work = tmp_path / "work"
+    cli_ok("extract", "--data", root, *R18, "--workdir", work)
+    printed = cli_ok("fit-svm", "--pca", "8", "--workdir", work, "--name", "default").output
+    assert ("one calibrated SVM expert for the one training source (unrecorded 40), blended half and half with a "
+            "smooth SVM (C 0.1)") in printed
+    clf = featlab.load("default", work).pipeline.named_steps["clf"]
+    assert isinstance(clf, SourceExperts) and clf.sources_ == ["unrecorded"] and clf.gate_ is None
+    plain = cli_ok("fit-svm", "--pca", "8", "--smooth-c", "0", "--workdir", work, "--name", "plain").output
+    assert "one SVM: the training images have no recorded source" in plain  # no smooth SVM: nothing to blend
