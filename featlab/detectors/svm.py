@@ -147,8 +147,8 @@ def fit_from_cache(
 
     What to fit is ``config`` (:class:`~featlab.detectors.configs.SVMFitConfig`), or its fields given as
     keyword ``options`` (pca, kernel, C, gamma, class_weight, probability, solver, augment, experts, smooth_C,
-    seed), validated there before any work. ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds one augmented copy of every
-    training image (:func:`augmented_embeddings`); selection stays on the clean valid split. ``max_memory``
+    seed), validated there before any work. ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds one
+    augmented copy of every training image (:func:`augmented_embeddings`); selection stays on the clean valid split. ``max_memory``
     (bytes) caps the process: when the embeddings would not fit under it, or with ``stream``, the fit runs out
     of core (:mod:`featlab.detectors.streaming`). ``data_root`` picks the dataset when the cache holds several
     (default: the one extracted last). An existing folder ``name`` is refused before any work unless ``force``.
@@ -250,8 +250,8 @@ UNRECORDED_SOURCE = "unrecorded"
 def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray, smooth_C: float | None = None
                    ) -> tuple[np.ndarray | None, str]:
     """(the training rows' sources to fit experts on, or None for one SVM; the note that says which and why).
-    The sources are read only when experts are asked for. With a smooth SVM one source is enough (one expert
-    blended with it; ``auto`` treats a training set that records none as one source); without, the gate needs two."""
+    The provenance is not read for ``none``. With a smooth SVM one source is enough (one expert blended with it;
+    ``auto`` treats a training set that records none as one source); without, the gate needs two."""
     if experts == "none":
         return None, "one SVM (experts none)"
     sources = image_sources(paths, root)
@@ -266,9 +266,8 @@ def _expert_choice(experts: str, paths: list[str], root, labels: np.ndarray, smo
             raise FeatlabError(f"--experts source: {why_not}")
         return None, f"one SVM: {why_not}"
     counts = ", ".join(f"{name} {sum(s == name for s in sources)}" for name in names)
-    what = (f"one calibrated SVM expert per training source ({counts})" if len(names) > 1
+    what = (f"one calibrated SVM expert per training source ({counts}), mixed by a gate" if len(names) > 1
             else f"one calibrated SVM expert for the one training source ({counts})")
-    what += ", mixed by a gate" if len(names) > 1 else ""
     if smooth_C:
         what += f", blended half and half with a smooth SVM (C {smooth_C:g}) fitted on every training image"
     return np.asarray(sources, dtype=object), what

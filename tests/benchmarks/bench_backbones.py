@@ -140,8 +140,8 @@ def extract_shared(data: Path, features: Path, candidates: list[tuple]) -> None:
 
 def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
     """Every valid image of ``cache`` with its source, label, the candidate's score (``inside``) and the score of the
-    same recipe fitted on the *other* source's train images only (``across``: the model's chosen C / gamma), indexed
-    by path; and the two cross-source ROC-AUCs.
+    same model kind with its chosen parameters fitted on the *other* source's train images only (``across``,
+    :func:`featlab.detectors.classical.fit_like`), indexed by path; and the two cross-source ROC-AUCs.
 
     A model fitted with ``augment`` gets the augmented copies of that source's training images too."""
     from featlab.core.metrics import binary_metrics
