@@ -148,8 +148,8 @@ def fit_from_cache(
     What to fit is ``config`` (:class:`~featlab.detectors.configs.SVMFitConfig`), or its fields given as
     keyword ``options`` (pca, kernel, C, gamma, class_weight, probability, solver, augment, experts, smooth_C,
     seed), validated there before any work. ``augment`` (``"jpeg"``, ``"blur"``, ``"jpeg,blur"``) adds one
-    augmented copy of every training image (:func:`augmented_embeddings`); selection stays on the clean valid split. ``max_memory``
-    (bytes) caps the process: when the embeddings would not fit under it, or with ``stream``, the fit runs out
+    augmented copy of every training image (:func:`augmented_embeddings`); selection stays on the clean valid
+    split. ``max_memory`` (bytes) caps the process: when the embeddings would not fit under it, or with ``stream``, the fit runs out
     of core (:mod:`featlab.detectors.streaming`). ``data_root`` picks the dataset when the cache holds several
     (default: the one extracted last). An existing folder ``name`` is refused before any work unless ``force``.
     The result's ``meta`` is the folder's ``meta.json``.

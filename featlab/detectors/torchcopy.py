@@ -138,8 +138,8 @@ class _TorchExperts(nn.Module):
             coef, intercept = np.zeros((1, clf.n_features_in_)), np.zeros(1)
         else:
             coef, intercept = np.asarray(gate.coef_), np.asarray(gate.intercept_)
-        if coef.shape[0] == 1 and gate is not None:  # two sources: one logit for the second, the first's is zero
-            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+            if coef.shape[0] == 1:  # two sources: one logit for the second, the first's is zero
+                coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         _buffer(self, "gate_coef", coef)
         _buffer(self, "gate_intercept", intercept)
         smooth = getattr(clf, "smooth_", None)

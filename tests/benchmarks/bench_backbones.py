@@ -145,19 +145,14 @@ def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
 
     A model fitted with ``augment`` gets the augmented copies of that source's training images too."""
     from featlab.core.metrics import binary_metrics
-    from featlab.data.groups import find_groups, groups_for
     from featlab.detectors.classical import fit_like, scores
+    from featlab.detectors.svm import image_sources
 
     meta = detector.meta
-    known = find_groups(meta["data_root"])
     X_train, y_train, train_index = cache.load_split("train")
     X_valid, y_valid, valid_index = cache.load_split("valid")
-
-    def sources(index):
-        return np.array([next((g for g in names if g.startswith("source=")), "").removeprefix("source=")
-                         for names in groups_for(list(index.path), known)], dtype=object)
-
-    train_source, valid_source = sources(train_index), sources(valid_index)
+    train_source, valid_source = (np.array(image_sources(list(index.path), meta["data_root"]), dtype=object)
+                                  for index in (train_index, valid_index))
     frame = pd.DataFrame({"source": valid_source, "label": y_valid, "inside": scores(detector.pipeline, X_valid)[0],
                           "across": np.nan}, index=pd.Index(valid_index.path, name="path"))
     aucs = {}
@@ -168,8 +163,7 @@ def valid_scores(cache, detector) -> tuple[pd.DataFrame, dict[str, float]]:
         if augment:
             from featlab.detectors.svm import augmented_embeddings
 
-            X_aug, y_aug, _ = augmented_embeddings(cache, train_index[mask].reset_index(drop=True), augment, seed=0,
-                                                   paths=True)
+            X_aug, y_aug = augmented_embeddings(cache, train_index[mask].reset_index(drop=True), augment, seed=0)
             X_fit, y_fit = np.concatenate([X_fit, X_aug]), np.concatenate([y_fit, y_aug])
             fit_sources = np.concatenate([fit_sources, np.full(len(X_aug), a, dtype=object)])
         # the candidate's model kind and chosen parameters, fitted on this source alone
