@@ -81,7 +81,7 @@ def export(
             fp32 = export_onnx(detector, Path(scratch) / "fp32.onnx")
             cost = quantize_int8(detector, fp32, out, data, calibration_images)
         typer.echo(f"int8 cost on {cost['valid_images']} valid images: ROC-AUC {cost['valid_roc_auc_int8']:.4f} vs "
-                   f"fp32 {cost['valid_roc_auc_fp32']:.4f} (difference {cost['roc_auc_difference']:+.4f}); "
+                   f"fp32 {cost['valid_roc_auc_fp32']:.4f} (int8 - fp32 {-cost['roc_auc_difference']:+.4f}); "
                    f"speed {cost['forward_speed_ratio']:.2f}x the fp32 graph's (forward pass; "
                    f"{cost['speed_ratio']:.2f}x with decoding)")
     path = export_onnx(detector, out) if not quantize else Path(out)

@@ -95,6 +95,12 @@ def test_int8_export_states_its_cost_and_still_scores(tmp_path):
     assert cost["calibration_images"] == 32 and cost["valid_roc_auc_int8"] is not None
     ops = {node.op_type for node in graph.graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantised
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    # 7-bit weights: full-range ones (+-127) saturate the u8 x s8 kernels of CPUs without VNNI
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+    assert "int8 - fp32" in printed
     original = featlab.load("real", work)
     from featlab.data.dataset import load_rgb
 
