@@ -6,6 +6,7 @@ no stage imports a sibling stage for these helpers.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 
@@ -18,6 +19,8 @@ from featlab.core.errors import BadImageError, FeatlabError
 from featlab.data.dataset import load_rgb
 from featlab.data.perturb import Perturbation
 from featlab.features.specs import Preprocessing
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ device and dtype
 
@@ -47,6 +50,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if cpu_supports_bf16() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise FeatlabError("precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        # measured on a 2-core AMD EPYC (Zen 3): a ResNet-50 training step 9.0 s in bf16 vs 1.5 s in fp32
+        log.warning("precision bf16: this CPU has no native bf16 (AVX-512 BF16 / AMX), so it is emulated and "
+                    "several times slower than fp32; --precision auto picks the faster one")
     return precision
 
 

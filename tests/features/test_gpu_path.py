@@ -38,6 +38,19 @@ def test_with_a_gpu_auto_picks_cuda_a_half_precision_and_decoding_workers(monkey
         resolve_precision("fp16", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_auto_picks_bf16_only_where_it_is_native_and_asking_for_emulated_bf16_warns(
+        monkeypatch, caplog, native):
+    import featlab.features.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    with caplog.at_level("WARNING", logger="featlab.features.runtime"):
+        assert resolve_precision("bf16", cpu) == "bf16"  # asked for: kept, but said to be slow where emulated
+    assert ("emulated" in caplog.text) is (not native)
+
+
 class _Cluster:
     def __init__(self, resources: dict) -> None:
         self.resources = resources
