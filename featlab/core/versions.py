@@ -24,21 +24,38 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: CPU instruction sets that change featlab's timings or numbers: native bf16 (else ``auto`` precision is fp32 and
+#: forced bf16 is emulated, several times slower) and VNNI (else int8 kernels saturate with 8-bit weights).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def hardware() -> dict:
-    """The machine numbers were measured on: CPU model, cores, torch threads, GPU if any."""
+    """The machine numbers were measured on: CPU model, the :data:`CPU_FEATURES` it has (Linux), cores, torch
+    threads, GPU if any."""
     import os
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "system": f"{platform.system()} {platform.machine()}"}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # this process's
+    return {"cpu": cpu, "cpu_features": [f for f in CPU_FEATURES if f in flags], "cores": cores,
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "system": f"{platform.system()} {platform.machine()}"}
+
+
+def describe_hardware(hw: dict) -> str:
+    """One line for a report: ``AMD EPYC (avx2), 2 cores, torch threads 2, GPU: none``."""
+    features = hw.get("cpu_features")
+    return (f"{hw['cpu']}" + (f" ({', '.join(features) or 'none of ' + '/'.join(CPU_FEATURES)})"
+                              if features is not None else "")
+            + f", {hw['cores']} cores, torch threads {hw.get('torch_threads', '?')}, GPU: {hw.get('gpu') or 'none'}")

@@ -28,7 +28,7 @@ import numpy as np
 from featlab.core.errors import FeatlabError
 from featlab.core.fileio import atomic_write_json, atomic_write_text, read_json
 from featlab.core.metrics import binary_metrics, group_metrics
-from featlab.core.versions import hardware, library_versions, utc_now
+from featlab.core.versions import describe_hardware, hardware, library_versions, utc_now
 from featlab.core.workspace import Workspace
 from featlab.data.dataset import scan_dataset
 from featlab.data.groups import find_groups, groups_for
@@ -356,7 +356,7 @@ def results_page(summary: dict, reports: list[dict], table: str) -> str:
     lines += [
         "## Machine and versions",
         "",
-        f"{hw['cpu']}, {hw['cores']} cores, torch threads {hw['torch_threads']}, GPU: {hw['gpu'] or 'none'}; "
+        f"{describe_hardware(hw)}; "
         + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()) + ".",
         "",
         f"Settings: `{ {k: v for k, v in settings.items() if k != 'recipes'} }` (seed {settings['seed']} everywhere).",

@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from featlab.core.versions import hardware  # noqa: E402
+from featlab.core.versions import describe_hardware, hardware  # noqa: E402
 from featlab.detectors.cnn import TrainConfig, train_cnn  # noqa: E402
 from featlab.evaluation.attack import AttackSettings, run_attack  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> None:
 
     lines = [
         "# Under attack: white-box L-inf PGD on the real faces", "",
-        f"Written by `tests/benchmarks/bench_attack.py` on {hardware()['cpu']} ({hardware()['cores']} cores), "
+        f"Written by `tests/benchmarks/bench_attack.py` on {describe_hardware(hardware())}, "
         f"torch {torch.__version__}, torchattacks. Data: a seeded class-balanced subset of {args.n_images} images of "
         "the combined build's test split; only the fakes are attacked (a forger hides a fake). PGD, "
         f"{args.steps} steps, step 2.5·eps/steps, random start, 1 restart; images rounded to uint8 within the "

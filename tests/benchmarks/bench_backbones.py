@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     shared, work = Path(args.shared), Path(args.work)
     import featlab
-    from featlab.core.versions import hardware, library_versions
+    from featlab.core.versions import describe_hardware, hardware, library_versions
     from featlab.detectors.features_detector import fit_svm_detector
     from featlab.evaluation.evaluate import evaluate_model
     from featlab.features.cache import EmbeddingCache
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         "fit-svm's default classifier (one SVC expert per source mixed by a gate, blended with a smooth SVC of C 0.1; "
         "C and gamma chosen on valid) unless the row says otherwise; the cross-source columns refit the same model "
         "kind on one source. ROC-AUC with its 95 % interval (stratified bootstrap, 1000 resamples, seed "
-        f"0). {hw['cpu']}, {hw['cores']} cores, no GPU; " + ", ".join(f"{k} {v}" for k, v in library_versions().items())
+        f"0). {describe_hardware(hw)}; " + ", ".join(f"{k} {v}" for k, v in library_versions().items())
         + ".", "",
         f"**Selection rule** (stated before the numbers): {RULE}", "",
         "## Valid split (selection)", "",

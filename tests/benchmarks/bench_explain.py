@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from featlab.core.versions import hardware  # noqa: E402
+from featlab.core.versions import describe_hardware, hardware  # noqa: E402
 from featlab.detectors.detector import load_detector  # noqa: E402
 from featlab.evaluation.explain import explain_paths, write_gallery  # noqa: E402
 
@@ -153,7 +153,7 @@ def main() -> None:
     svm_32 = time.perf_counter() - start
     lines = [
         "# Do the heatmaps point at the edit? (CIPLAB test fakes)", "",
-        f"Written by `tests/benchmarks/bench_explain.py` on {hardware()['cpu']} ({hardware()['cores']} cores), "
+        f"Written by `tests/benchmarks/bench_explain.py` on {describe_hardware(hardware())}, "
         f"torch {torch.__version__}. Data: the {len(fakes)} CIPLAB fakes of the combined build's test split whose "
         f"names carry 4 edit flags ({len(unusable)} left out). Models: `make bench-quality`'s fine-tuned "
         "resnet50-opennsfw and default SVM (layer2+3 mean+std, native view: both see the central 224 px of the "

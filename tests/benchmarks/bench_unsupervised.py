@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from featlab.analysis.clustering import cluster_dataset  # noqa: E402
-from featlab.core.versions import hardware  # noqa: E402
+from featlab.core.versions import describe_hardware, hardware  # noqa: E402
 from featlab.core.workspace import Workspace  # noqa: E402
 from featlab.detectors.autoencoder import AETrainConfig, train_ae  # noqa: E402
 from featlab.detectors.oneclass import ONECLASS, fit_oneclass_from_cache  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
                    "purity_group", "ari_group", "nmi_group"]]
     lines = [
         "# Without labels: clustering and one-class detection on the real faces", "",
-        f"Written by `tests/benchmarks/bench_unsupervised.py` on {hardware()['cpu']} ({hardware()['cores']} cores), "
+        f"Written by `tests/benchmarks/bench_unsupervised.py` on {describe_hardware(hardware())}, "
         f"torch {torch.__version__}. Data: the combined build of `../shared/faces` (seed 0). Clustering: its test "
         f"split ({n_test} images), labels and source groups read only to score. "
         "One-class detectors: fitted on the train split's 1,527 real faces only; test ROC-AUC.", "",
