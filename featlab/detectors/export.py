@@ -31,6 +31,7 @@ from torch import nn
 from featlab import __version__
 from featlab.core.errors import FeatlabError
 from featlab.core.fileio import atomic_write
+from featlab.core.versions import hardware
 from featlab.data.perturb import Perturbation
 from featlab.detectors.base import Detector, LoadOptions, Scored, SplitScores
 from featlab.features.specs import Preprocessing
@@ -164,7 +165,8 @@ def quantize_int8(detector: Detector, fp32: str | os.PathLike, out: str | os.Pat
              "roc_auc_difference": (cost["valid_roc_auc_fp32"] - cost["valid_roc_auc_int8"])
              if cost["valid_roc_auc_fp32"] is not None and cost["valid_roc_auc_int8"] is not None else None,
              "quantized": "Conv weights int8 per channel in 7 bits (reduce_range: no saturation on CPUs without "
-                          "VNNI), activations uint8 (QDQ, MinMax), the rest float"}
+                          "VNNI), activations uint8 (QDQ, MinMax), the rest float",
+             "measured_on": hardware()}  # speed and cost depend on the CPU's int8 instructions
     record["quantization"] = cost
     for entry in graph.metadata_props:
         if entry.key == METADATA_KEY:
