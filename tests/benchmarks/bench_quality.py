@@ -70,6 +70,14 @@ TRIED = """What was tried, measured on the valid split only (the test split was 
 * Measured in earlier runs with one SVM and left out of this one (under an hour on 2 cores): layer3 alone
   (mean+std, crop) valid 0.791, layer1+layer2+layer3 (mean+std, native) 0.789, both within the then default's
   interval (0.796, 0.762-0.830).
+* Measured on 2026-12-06 in scratch scripts (valid only) and dropped: spectral features (the azimuthal log power
+  spectrum of the centre 256 px, the classic GAN up-sampling cue) alone 0.645 valid (140K 0.653), concatenated with
+  the default features 140K 0.876 -> 0.887 but CIPLAB 0.703 -> 0.688 (one SVM; the 140K fakes are resized and JPEG
+  compressed, which removes most of that trace); normalising the pooled statistics (square root, log1p, L2 of the
+  vector or of each stage's mean / std block) with the default fit: per-block L2 rule score +0.006 (0.000 to
+  0.011), sqrt + per-block L2 +0.005 (-0.001 to 0.012), within the noise. For the opennsfw CNN, a weight EMA (decay
+  0.998) lagged the trained weights throughout (valid 0.773 vs 0.815 after 10 epochs) and mirror averaging at
+  scoring added 0.0007.
 * Why the default recipe is not the best valid row: mirror averaging adds about 0.01 valid ROC-AUC and transfers
   the same across sources (table above; with one SVM it added 0.02 and transferred worse), so by the selection
   rule's score it gains about 0.003, well within the noise, for twice the extraction cost; it stays available as
