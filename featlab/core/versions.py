@@ -55,7 +55,7 @@ def hardware() -> dict:
 
 def describe_hardware(hw: dict) -> str:
     """One line for a report: ``AMD EPYC (avx2), 2 cores, torch threads 2, GPU: none``."""
-    features = hw.get("cpu_features")
-    return (f"{hw['cpu']}" + (f" ({', '.join(features) or 'none of ' + '/'.join(CPU_FEATURES)})"
-                              if features is not None else "")
-            + f", {hw['cores']} cores, torch threads {hw.get('torch_threads', '?')}, GPU: {hw.get('gpu') or 'none'}")
+    cpu, features = hw["cpu"], hw.get("cpu_features")
+    if features is not None:  # absent from records written before it existed
+        cpu += f" ({', '.join(features) or 'none of ' + '/'.join(CPU_FEATURES)})"
+    return f"{cpu}, {hw['cores']} cores, torch threads {hw.get('torch_threads', '?')}, GPU: {hw.get('gpu') or 'none'}"
